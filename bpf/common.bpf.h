@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Maps every core and plugin BPF object shares: the stats counters and the
+ * events ringbuf. Each object declares them; userspace makes them one map
+ * with bpf_map__reuse_fd() before load, so every event lands in one ringbuf
+ * in the order it happened.
+ */
+#ifndef SONDE_COMMON_BPF_H
+#define SONDE_COMMON_BPF_H
+
+#include "sonde/abi.h"
+#include "sonde/errors.h"
+
+/* enum sonde_stat counters, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SONDE_STAT__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* Samples and process events, in the order they happened. Sized by
+ * userspace before load (bpf_map__set_max_entries). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+static __always_inline void sonde_stat_inc(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &stat);
+
+	if (v)
+		*v += 1; /* per-CPU slot: no other writer */
+}
+
+#endif /* SONDE_COMMON_BPF_H */

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The BPF <-> userspace ABI: every record that crosses the events ringbuf
+ * and every map value that both sides read. Kernel-free on purpose: BPF code
+ * includes it after vmlinux.h, userspace after <linux/types.h>.
+ *
+ * Bump SONDE_ABI_VERSION on any change to a layout below; tests hold the
+ * sizes to their written form (tests/unit/test-abi.c).
+ */
+#ifndef SONDE_ABI_H
+#define SONDE_ABI_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define SONDE_ABI_VERSION 1
+
+#define SONDE_COMM_LEN 16
+#define SONDE_MAX_KSTACK 127 /* kernel.perf_event_max_stack default */
+#define SONDE_MAX_USTACK 127
+#define SONDE_MAX_FRAMES (SONDE_MAX_KSTACK + SONDE_MAX_USTACK)
+#define SONDE_PATH_LEN 256
+#define SONDE_ARGS_LEN 512
+
+/* Slots of the `unwinders` PROG_ARRAY. The core owns slot 0 (frame pointers);
+ * plugins register the others through the host API. */
+#define SONDE_UNWINDER_FP 0
+#define SONDE_MAX_UNWINDERS 8
+
+enum sonde_event_type {
+	SONDE_EV_SAMPLE = 1,
+	SONDE_EV_EXEC = 2,
+	SONDE_EV_FORK = 3,
+	SONDE_EV_EXIT = 4,
+};
+
+/* First member of every ringbuf record. time_ns is CLOCK_MONOTONIC. */
+struct sonde_event_hdr {
+	__u32 type; /* enum sonde_event_type */
+	__u32 pid;  /* thread group id */
+	__u64 time_ns;
+};
+
+/* sonde_sample.flags */
+#define SONDE_SAMPLE_KSTACK_ERROR (1U << 0)     /* bpf_get_stack failed for the kernel */
+#define SONDE_SAMPLE_USTACK_ERROR (1U << 1)     /* the user walk failed */
+#define SONDE_SAMPLE_USTACK_TRUNCATED (1U << 2) /* the user walk hit its frame limit */
+#define SONDE_SAMPLE_KSTACK_TRUNCATED (1U << 3)
+#define SONDE_SAMPLE_USER_MODE (1U << 4) /* the CPU was in user mode */
+
+/*
+ * A frame word. Kind 0 (native) is a plain instruction address: the kernel
+ * part holds kernel addresses, the user part return addresses as walked
+ * (the innermost one is the interrupted pc). A non-zero kind in the top byte
+ * marks an interpreter frame of two words: this one (kind | 56-bit aux) and
+ * a 64-bit payload; its plugin names it.
+ */
+#define SONDE_FRAME_KIND_SHIFT 56
+#define SONDE_FRAME_NATIVE 0
+#define SONDE_FRAME_KIND(w) ((__u32)((w) >> SONDE_FRAME_KIND_SHIFT))
+
+/*
+ * One CPU sample. Only the used part of frames[] travels: kstack_len kernel
+ * words, then ustack_len user words, innermost first.
+ */
+struct sonde_sample {
+	struct sonde_event_hdr hdr;
+	__u32 tid;
+	__u32 cpu;
+	__u64 cgroup_id;
+	__u16 kstack_len;
+	__u16 ustack_len;
+	__u32 flags; /* SONDE_SAMPLE_* */
+	char comm[SONDE_COMM_LEN];
+	__u64 frames[SONDE_MAX_FRAMES];
+};
+#define SONDE_SAMPLE_HDR_SIZE 56
+_Static_assert(sizeof(struct sonde_sample) == SONDE_SAMPLE_HDR_SIZE + 8 * SONDE_MAX_FRAMES,
+	       "struct sonde_sample layout");
+
+/* sched_process_exec. filename as the tracepoint gives it; args is the
+ * NUL-separated argv, args_len bytes of it (it may be cut). */
+struct sonde_exec_event {
+	struct sonde_event_hdr hdr;
+	__u32 ppid;
+	__u32 args_len;
+	__u64 cgroup_id;
+	char comm[SONDE_COMM_LEN];
+	char filename[SONDE_PATH_LEN];
+	char args[SONDE_ARGS_LEN];
+};
+_Static_assert(sizeof(struct sonde_exec_event) == 816, "struct sonde_exec_event layout");
+
+/* sched_process_fork of a new process (threads are not reported). */
+struct sonde_fork_event {
+	struct sonde_event_hdr hdr; /* pid: the child */
+	__u32 ppid;
+	__u32 pad;
+	__u64 cgroup_id;
+	char comm[SONDE_COMM_LEN];
+};
+_Static_assert(sizeof(struct sonde_fork_event) == 48, "struct sonde_fork_event layout");
+
+/* sched_process_exit of the last thread of a process. */
+struct sonde_exit_event {
+	struct sonde_event_hdr hdr;
+};
+_Static_assert(sizeof(struct sonde_exit_event) == 16, "struct sonde_exit_event layout");
+
+/* Value of the `procs` map (key: tgid), written by userspace: which unwinder
+ * a process starts with. A process absent from the map gets frame pointers. */
+struct sonde_proc_info {
+	__u32 unwinder; /* a SONDE_UNWINDER_* slot */
+	__u32 flags;
+};
+_Static_assert(sizeof(struct sonde_proc_info) == 8, "struct sonde_proc_info layout");
+
+#endif /* SONDE_ABI_H */

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * The perf_event sampler. One program per online CPU fires at --hz; it
+ * records who was on the CPU and the kernel stack, then tail-calls the user
+ * stack unwinder the process was given (frame pointers unless a plugin set
+ * another in `procs`). Every unwinder ends with sonde_sample_emit(), which
+ * sends the used part of the per-CPU scratch record to the events ringbuf.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "sample.bpf.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Which unwinder a process starts with; written by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct sonde_proc_info);
+} procs SEC(".maps");
+
+/* Unwinder programs by slot; slot SONDE_UNWINDER_FP is unwind_fp below. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SONDE_MAX_UNWINDERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} unwinders SEC(".maps");
+
+SEC("perf_event")
+int sample(struct bpf_perf_event_data *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sonde_sample *s;
+	struct sonde_proc_info *info;
+	__u32 slot = SONDE_UNWINDER_FP;
+	long n;
+
+	if ((__u32)pid_tgid == 0) { /* the idle task */
+		sonde_stat_inc(SONDE_STAT_SAMPLES_IDLE);
+		return 0;
+	}
+	s = sonde_scratch();
+	if (!s)
+		return 0;
+	sonde_stat_inc(SONDE_STAT_SAMPLES);
+
+	s->hdr.type = SONDE_EV_SAMPLE;
+	s->hdr.pid = pid_tgid >> 32;
+	s->hdr.time_ns = bpf_ktime_get_ns();
+	s->tid = (__u32)pid_tgid;
+	s->cpu = bpf_get_smp_processor_id();
+	s->cgroup_id = bpf_get_current_cgroup_id();
+	s->flags = (ctx->regs.cs & 3) ? SONDE_SAMPLE_USER_MODE : 0;
+	s->ustack_len = 0;
+	bpf_get_current_comm(s->comm, sizeof(s->comm));
+
+	n = bpf_get_stack(ctx, s->frames, SONDE_MAX_KSTACK * sizeof(__u64), 0);
+	if (n < 0) {
+		s->flags |= SONDE_SAMPLE_KSTACK_ERROR;
+		sonde_stat_inc(SONDE_STAT_KSTACK_ERRORS);
+		n = 0;
+	}
+	s->kstack_len = n / sizeof(__u64);
+	if (s->kstack_len == SONDE_MAX_KSTACK) {
+		s->flags |= SONDE_SAMPLE_KSTACK_TRUNCATED;
+		sonde_stat_inc(SONDE_STAT_KSTACK_TRUNCATED);
+	}
+
+	info = bpf_map_lookup_elem(&procs, &s->hdr.pid);
+	if (info)
+		slot = info->unwinder;
+	bpf_tail_call(ctx, &unwinders, slot);
+	/* Only reached when the slot is empty: fall back to frame pointers. */
+	sonde_stat_inc(SONDE_STAT_TAIL_CALL_FAILED);
+	return sonde_unwind_fp(ctx, s);
+}
+
+/* Slot SONDE_UNWINDER_FP: the kernel's own frame-pointer walk of the user
+ * stack (it uses the task's saved user registers when the sample hit the
+ * kernel). */
+SEC("perf_event")
+int unwind_fp(struct bpf_perf_event_data *ctx)
+{
+	struct sonde_sample *s = sonde_scratch();
+
+	if (!s)
+		return 0;
+	return sonde_unwind_fp(ctx, s);
+}

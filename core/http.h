@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A small HTTP/1.1 server on the core loop, for /metrics and
+ * /debug/pprof/*: GET and HEAD only, no request bodies, keep-alive, one
+ * request at a time per connection. A handler may answer at once or later
+ * (a profile answers after ?seconds=N): the connection waits for
+ * sonde_http_conn__respond(). A client that goes away before the answer is
+ * reported through the on_close callback given with the deferral.
+ *
+ * Limits: request head 8 KiB (431 beyond), 64 connections (the oldest idle
+ * one is closed beyond), idle connections closed after 60 s.
+ *
+ * Threading: loop thread only. Errors: NULL/errno, 0/-errno.
+ */
+#ifndef SONDE_HTTP_H
+#define SONDE_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sonde_loop;
+struct sonde_http;
+struct sonde_http_conn;
+
+struct sonde_http_request {
+	const char *method; /* "GET" or "HEAD" */
+	const char *path;   /* percent-decoded, without the query */
+	const char *query;  /* raw, without '?'; "" when none */
+};
+
+/* Called once per request. The request's strings live until the answer. */
+typedef void (*sonde_http_handler)(void *ctx, struct sonde_http_conn *conn,
+				   const struct sonde_http_request *req);
+
+/* addr: "HOST:PORT", "[V6]:PORT" or ":PORT" (all interfaces). */
+struct sonde_http *sonde_http__new(struct sonde_loop *loop, const char *addr,
+				   sonde_http_handler handler, void *ctx);
+/* Closes every connection; pending answers are dropped. Accepts NULL. */
+void sonde_http__free(struct sonde_http *http);
+/* The bound address, "127.0.0.1:7470" (useful with port 0). */
+const char *sonde_http__addr(const struct sonde_http *http);
+
+/*
+ * Answers the request on conn. content_type may be NULL (then
+ * text/plain; charset=utf-8). body is copied. For HEAD the body is not
+ * sent. 0 or -errno; conn must not be used after.
+ */
+int sonde_http_conn__respond(struct sonde_http_conn *conn, int status, const char *content_type,
+			     const void *body, size_t len);
+/* A plain text error body "msg\n" with that status. */
+int sonde_http_conn__error(struct sonde_http_conn *conn, int status, const char *msg);
+
+/*
+ * Tells the server the answer comes later. If the client closes first,
+ * on_close(ctx) runs once and conn must not be used after.
+ */
+void sonde_http_conn__defer(struct sonde_http_conn *conn, void (*on_close)(void *ctx), void *ctx);
+
+/*
+ * The value of key in a query string, percent-decoded into buf (size
+ * bytes). 1 when found, 0 when absent, -ENAMETOOLONG when it does not fit,
+ * -EINVAL on a malformed escape.
+ */
+int sonde_http_query_get(const char *query, const char *key, char *buf, size_t size);
+
+#endif /* SONDE_HTTP_H */
