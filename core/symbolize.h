@@ -55,7 +55,7 @@ struct sonde_object *sonde_symbolizer__object(struct sonde_symbolizer *sym,
 struct sonde_object *sonde_symbolizer__kernel(struct sonde_symbolizer *sym);
 /* The vdso, read from sonded's own (the same kernel's) image. */
 struct sonde_object *sonde_symbolizer__vdso(struct sonde_symbolizer *sym);
-/* For frames whose mapping is unknown: one object per process name. */
+/* For frames whose mapping is unknown: one object, "[unknown]", no symbols. */
 struct sonde_object *sonde_symbolizer__unknown(struct sonde_symbolizer *sym);
 
 /*
