@@ -41,8 +41,13 @@ struct sonde_mapping {
 	uint64_t start, end;     /* [start, end) */
 	uint64_t pgoff;          /* file offset of start */
 	struct sonde_object *obj;
-	uint64_t since_ns;       /* appeared (0: found by a /proc scan) */
+	uint64_t since_ns;       /* appeared (0: found by a /proc scan; a later read of
+				  * /proc/PID/maps dates a new mapping back to the
+				  * last exec or the end of what it replaced) */
 	uint64_t until_ns;       /* replaced; UINT64_MAX while current */
+	uint64_t dev;            /* makedev(major, minor) of the file; 0 for [vdso] */
+	uint64_t ino;            /* inode of the file; 0 for [vdso] */
+	const char *name;        /* path as the process sees it, or "[vdso]"; owned by the registry */
 };
 
 struct sonde_proc {
@@ -58,6 +63,10 @@ struct sonde_proc {
 	struct sonde_mapping *maps;
 	uint32_t nmaps, maps_cap;
 	uint64_t last_rescan_ns;
+	uint64_t max_map_len;    /* longest mapping ever in maps: bounds the lookup walk */
+	uint64_t start_ns;       /* fork time when seen (0: unknown) */
+	uint64_t exec_ns;        /* last exec boundary seen (0: none) */
+	struct sonde_proc *hnext; /* hash chain */
 };
 
 struct sonde_procs_opts {
