@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A small HTTP/1.1 server on the core loop, for /metrics and
- * /debug/pprof/*: GET and HEAD only, no request bodies, keep-alive, one
+ * /debug/pprof/ pages: GET and HEAD only, no request bodies, keep-alive, one
  * request at a time per connection. A handler may answer at once or later
  * (a profile answers after ?seconds=N): the connection waits for
  * sonde_http_conn__respond(). A client that goes away before the answer is
@@ -28,14 +28,26 @@ struct sonde_http_request {
 	const char *query;  /* raw, without '?'; "" when none */
 };
 
-/* Called once per request. The request's strings live until the answer. */
+/*
+ * Called once per request. The request's strings live until the answer.
+ * Before returning, the handler answers (respond/error) or defers; if it
+ * does neither, the server answers 500 and closes the connection.
+ */
 typedef void (*sonde_http_handler)(void *ctx, struct sonde_http_conn *conn,
 				   const struct sonde_http_request *req);
 
-/* addr: "HOST:PORT", "[V6]:PORT" or ":PORT" (all interfaces). */
+/*
+ * addr: "HOST:PORT", "[V6]:PORT" or ":PORT" (all interfaces: one dual-stack
+ * [::] socket, 0.0.0.0 where IPv6 is off). errno EINVAL for a malformed
+ * address, EADDRINUSE, ...
+ */
 struct sonde_http *sonde_http__new(struct sonde_loop *loop, const char *addr,
 				   sonde_http_handler handler, void *ctx);
-/* Closes every connection; pending answers are dropped. Accepts NULL. */
+/*
+ * Closes every connection; pending answers are dropped, and on_close runs
+ * for each deferred one so its owner forgets it. Not from inside a handler
+ * or on_close. Call it before freeing the loop. Accepts NULL.
+ */
 void sonde_http__free(struct sonde_http *http);
 /* The bound address, "127.0.0.1:7470" (useful with port 0). */
 const char *sonde_http__addr(const struct sonde_http *http);
