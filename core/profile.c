@@ -1,1 +1,432 @@
 // SPDX-License-Identifier: MIT
+#include "profile.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "pprof.h"
+#include "symbolize.h"
+
+#define MAX_INLINE 16
+
+struct labelset {
+	uint64_t hash;
+	uint32_t pid;
+	char *comm, *exe, *container_id;
+};
+
+struct stack {
+	uint64_t hash;
+	uint64_t count;
+	uint32_t labels; /* index into labelsets */
+	uint32_t first;  /* index into frames */
+	uint32_t n;
+};
+
+/*
+ * An open-addressing index of ids (stored as id + 1, 0 = empty) over an
+ * array the caller owns. Power-of-two capacity, kept under 50% full.
+ */
+struct index {
+	uint32_t *slots;
+	uint32_t mask;
+};
+
+struct sonde_profile {
+	uint64_t period_ns;
+	uint32_t pid_filter;
+	char *comm_filter;
+	int64_t start_wall_ns;
+	uint64_t samples;
+
+	struct labelset *labelsets;
+	uint32_t nlabelsets, labelsets_cap;
+	struct index labelset_index;
+
+	struct stack *stacks;
+	uint32_t nstacks, stacks_cap;
+	struct index stack_index;
+
+	struct sonde_profile_frame *frames;
+	uint32_t nframes, frames_cap;
+};
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+	h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+	return h * 0xff51afd7ed558ccdULL;
+}
+
+static uint64_t mix_str(uint64_t h, const char *s)
+{
+	if (!s)
+		return mix(h, 0);
+	for (; *s; s++)
+		h = mix(h, (unsigned char)*s);
+	return mix(h, 1);
+}
+
+static int64_t wall_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int grow(void **array, uint32_t *cap, size_t elem, uint32_t need)
+{
+	uint32_t new_cap;
+	void *p;
+
+	if (need <= *cap)
+		return 0;
+	new_cap = *cap ? *cap : 64;
+	while (new_cap < need)
+		new_cap *= 2;
+	p = realloc(*array, (size_t)new_cap * elem);
+	if (!p)
+		return -ENOMEM;
+	*array = p;
+	*cap = new_cap;
+	return 0;
+}
+
+/* Rehashes into twice the room when count + 1 would pass half full. */
+static int index_reserve(struct index *idx, uint32_t count, const void *items, size_t elem)
+{
+	uint32_t cap = idx->slots ? idx->mask + 1 : 0, new_cap, i, j;
+	uint32_t *slots;
+
+	if ((count + 1) * 2 <= cap)
+		return 0;
+	new_cap = cap ? cap * 2 : 256;
+	slots = calloc(new_cap, sizeof(*slots));
+	if (!slots)
+		return -ENOMEM;
+	for (i = 0; i < count; i++) {
+		/* every item struct starts with its 64-bit hash */
+		uint64_t h = *(const uint64_t *)((const char *)items + (size_t)i * elem);
+
+		for (j = h & (new_cap - 1); slots[j]; j = (j + 1) & (new_cap - 1))
+			;
+		slots[j] = i + 1;
+	}
+	free(idx->slots);
+	idx->slots = slots;
+	idx->mask = new_cap - 1;
+	return 0;
+}
+
+struct sonde_profile *sonde_profile__new(const struct sonde_profile_opts *opts)
+{
+	struct sonde_profile *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return NULL;
+	p->period_ns = opts->period_ns;
+	p->pid_filter = opts->pid;
+	if (opts->comm && !(p->comm_filter = strdup(opts->comm))) {
+		free(p);
+		errno = ENOMEM;
+		return NULL;
+	}
+	p->start_wall_ns = wall_ns();
+	return p;
+}
+
+static void free_labelsets(struct sonde_profile *p)
+{
+	uint32_t i;
+
+	for (i = 0; i < p->nlabelsets; i++) {
+		free(p->labelsets[i].comm);
+		free(p->labelsets[i].exe);
+		free(p->labelsets[i].container_id);
+	}
+	p->nlabelsets = 0;
+}
+
+void sonde_profile__free(struct sonde_profile *p)
+{
+	if (!p)
+		return;
+	free_labelsets(p);
+	free(p->labelsets);
+	free(p->labelset_index.slots);
+	free(p->stacks);
+	free(p->stack_index.slots);
+	free(p->frames);
+	free(p->comm_filter);
+	free(p);
+}
+
+bool sonde_profile__wants(const struct sonde_profile *p, const struct sonde_profile_labels *l)
+{
+	if (p->pid_filter && l->pid != p->pid_filter)
+		return false;
+	if (p->comm_filter && (!l->comm || strcmp(l->comm, p->comm_filter) != 0))
+		return false;
+	return true;
+}
+
+static bool str_eq(const char *a, const char *b)
+{
+	if (!a || !b)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+static char *dup_or_null(const char *s, bool *failed)
+{
+	char *d;
+
+	if (!s)
+		return NULL;
+	d = strdup(s);
+	if (!d)
+		*failed = true;
+	return d;
+}
+
+/* The index of the label set, added if new; -1 on ENOMEM. */
+static int64_t intern_labels(struct sonde_profile *p, const struct sonde_profile_labels *l)
+{
+	uint64_t h = mix_str(mix_str(mix_str(mix(0, l->pid), l->comm), l->exe), l->container_id);
+	struct labelset *ls;
+	bool failed = false;
+	uint32_t i;
+
+	if (index_reserve(&p->labelset_index, p->nlabelsets, p->labelsets, sizeof(*ls)))
+		return -1;
+	for (i = h & p->labelset_index.mask; p->labelset_index.slots[i];
+	     i = (i + 1) & p->labelset_index.mask) {
+		ls = &p->labelsets[p->labelset_index.slots[i] - 1];
+		if (ls->hash == h && ls->pid == l->pid && str_eq(ls->comm, l->comm) &&
+		    str_eq(ls->exe, l->exe) && str_eq(ls->container_id, l->container_id))
+			return p->labelset_index.slots[i] - 1;
+	}
+	if (grow((void **)&p->labelsets, &p->labelsets_cap, sizeof(*ls), p->nlabelsets + 1))
+		return -1;
+	ls = &p->labelsets[p->nlabelsets];
+	*ls = (struct labelset){ .hash = h, .pid = l->pid };
+	ls->comm = dup_or_null(l->comm, &failed);
+	ls->exe = dup_or_null(l->exe, &failed);
+	ls->container_id = dup_or_null(l->container_id && *l->container_id ? l->container_id : NULL,
+				       &failed);
+	if (failed) {
+		free(ls->comm);
+		free(ls->exe);
+		free(ls->container_id);
+		return -1;
+	}
+	p->labelset_index.slots[i] = ++p->nlabelsets;
+	return p->nlabelsets - 1;
+}
+
+static bool frames_eq(const struct sonde_profile_frame *a, const struct sonde_profile_frame *b,
+		      uint32_t n)
+{
+	uint32_t i;
+
+	for (i = 0; i < n; i++)
+		if (a[i].obj != b[i].obj || a[i].vaddr != b[i].vaddr || a[i].flags != b[i].flags)
+			return false;
+	return true;
+}
+
+int sonde_profile__add(struct sonde_profile *p, const struct sonde_profile_labels *labels,
+		       const struct sonde_profile_frame *frames, uint32_t n, uint64_t count)
+{
+	int64_t ls = intern_labels(p, labels);
+	uint64_t h;
+	struct stack *s;
+	uint32_t i;
+
+	if (ls < 0)
+		return -ENOMEM;
+	h = mix(0, (uint64_t)ls);
+	for (i = 0; i < n; i++)
+		h = mix(mix(mix(h, (uintptr_t)frames[i].obj), frames[i].vaddr), frames[i].flags);
+
+	if (index_reserve(&p->stack_index, p->nstacks, p->stacks, sizeof(*s)))
+		return -ENOMEM;
+	for (i = h & p->stack_index.mask; p->stack_index.slots[i]; i = (i + 1) & p->stack_index.mask) {
+		s = &p->stacks[p->stack_index.slots[i] - 1];
+		if (s->hash == h && s->labels == ls && s->n == n &&
+		    frames_eq(&p->frames[s->first], frames, n)) {
+			s->count += count;
+			p->samples += count;
+			return 0;
+		}
+	}
+	if (grow((void **)&p->stacks, &p->stacks_cap, sizeof(*s), p->nstacks + 1) ||
+	    grow((void **)&p->frames, &p->frames_cap, sizeof(*frames), p->nframes + n))
+		return -ENOMEM;
+	s = &p->stacks[p->nstacks];
+	*s = (struct stack){ .hash = h, .count = count, .labels = ls, .first = p->nframes, .n = n };
+	memcpy(&p->frames[p->nframes], frames, (size_t)n * sizeof(*frames));
+	p->nframes += n;
+	p->stack_index.slots[i] = ++p->nstacks;
+	p->samples += count;
+	return 0;
+}
+
+uint64_t sonde_profile__samples(const struct sonde_profile *p)
+{
+	return p->samples;
+}
+
+uint64_t sonde_profile__stacks(const struct sonde_profile *p)
+{
+	return p->nstacks;
+}
+
+void sonde_profile__reset(struct sonde_profile *p)
+{
+	free_labelsets(p);
+	if (p->labelset_index.slots)
+		memset(p->labelset_index.slots, 0,
+		       ((size_t)p->labelset_index.mask + 1) * sizeof(uint32_t));
+	if (p->stack_index.slots)
+		memset(p->stack_index.slots, 0, ((size_t)p->stack_index.mask + 1) * sizeof(uint32_t));
+	p->nstacks = 0;
+	p->nframes = 0;
+	p->samples = 0;
+	p->start_wall_ns = wall_ns();
+}
+
+/* Encoding: distinct frames become pprof locations once each. */
+struct location_cache {
+	struct index index;
+	struct {
+		uint64_t hash;
+		const struct sonde_profile_frame *frame;
+		uint64_t location_id;
+	} *items;
+	uint32_t n, cap;
+};
+
+static const char *basename_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash && slash[1] ? slash + 1 : path;
+}
+
+static uint64_t make_location(struct sonde_pprof *pp, const struct sonde_profile_frame *f)
+{
+	struct sonde_symbol_frame sym[MAX_INLINE];
+	struct sonde_pprof_line lines[MAX_INLINE];
+	const char *name = sonde_object__name(f->obj);
+	uint64_t lookup = f->vaddr - (f->flags & SONDE_PROFILE_FRAME_RETURN ? 1 : 0);
+	uint64_t mapping;
+	int n, i;
+
+	mapping = sonde_pprof__mapping(pp, 0, UINT64_MAX, 0, name, sonde_object__build_id(f->obj));
+	if (!mapping)
+		return 0;
+	n = sonde_object__symbolize(f->obj, lookup, sym, MAX_INLINE);
+	for (i = 0; i < n; i++) {
+		lines[i].function_id = sonde_pprof__function(pp, sym[i].function, sym[i].file);
+		lines[i].line = sym[i].line;
+		if (!lines[i].function_id)
+			return 0;
+	}
+	if (n == 0) {
+		char unnamed[320];
+
+		snprintf(unnamed, sizeof(unnamed), "%s+0x%llx", basename_of(name),
+			 (unsigned long long)f->vaddr);
+		lines[0].function_id = sonde_pprof__function(pp, unnamed, NULL);
+		lines[0].line = 0;
+		if (!lines[0].function_id)
+			return 0;
+		n = 1;
+	}
+	return sonde_pprof__location(pp, mapping, f->vaddr, lines, n);
+}
+
+static uint64_t location_of(struct location_cache *c, struct sonde_pprof *pp,
+			    const struct sonde_profile_frame *f)
+{
+	uint64_t h = mix(mix(mix(0, (uintptr_t)f->obj), f->vaddr), f->flags);
+	uint64_t id;
+	uint32_t i;
+
+	if (index_reserve(&c->index, c->n, c->items, sizeof(*c->items)))
+		return 0;
+	for (i = h & c->index.mask; c->index.slots[i]; i = (i + 1) & c->index.mask) {
+		const struct sonde_profile_frame *g = c->items[c->index.slots[i] - 1].frame;
+
+		if (g->obj == f->obj && g->vaddr == f->vaddr && g->flags == f->flags)
+			return c->items[c->index.slots[i] - 1].location_id;
+	}
+	id = make_location(pp, f);
+	if (!id || grow((void **)&c->items, &c->cap, sizeof(*c->items), c->n + 1))
+		return 0;
+	c->items[c->n].hash = h;
+	c->items[c->n].frame = f;
+	c->items[c->n].location_id = id;
+	c->index.slots[i] = ++c->n;
+	return id;
+}
+
+int sonde_profile__pprof(struct sonde_profile *p, uint8_t **out, size_t *len)
+{
+	struct sonde_pprof_opts opts = {
+		.period_ns = (int64_t)p->period_ns,
+		.time_ns = p->start_wall_ns,
+		.duration_ns = wall_ns() - p->start_wall_ns,
+	};
+	struct location_cache cache = { 0 };
+	struct sonde_pprof *pp;
+	uint64_t *ids = NULL;
+	uint32_t max_n = 0, i, j;
+	int err = -ENOMEM;
+
+	pp = sonde_pprof__new(&opts);
+	if (!pp)
+		return -errno;
+	for (i = 0; i < p->nstacks; i++)
+		if (p->stacks[i].n > max_n)
+			max_n = p->stacks[i].n;
+	ids = calloc(max_n ? max_n : 1, sizeof(*ids));
+	if (!ids)
+		goto cleanup;
+	for (i = 0; i < p->nstacks; i++) {
+		const struct stack *s = &p->stacks[i];
+		const struct labelset *ls = &p->labelsets[s->labels];
+		struct sonde_pprof_label labels[4];
+		size_t nl = 0;
+
+		for (j = 0; j < s->n; j++) {
+			ids[j] = location_of(&cache, pp, &p->frames[s->first + j]);
+			if (!ids[j]) {
+				err = -ENOMEM;
+				goto cleanup;
+			}
+		}
+		labels[nl++] = (struct sonde_pprof_label){ .key = "pid", .num = ls->pid };
+		if (ls->comm)
+			labels[nl++] = (struct sonde_pprof_label){ .key = "comm", .str = ls->comm };
+		if (ls->exe)
+			labels[nl++] = (struct sonde_pprof_label){ .key = "exe", .str = ls->exe };
+		if (ls->container_id)
+			labels[nl++] = (struct sonde_pprof_label){ .key = "container_id",
+								   .str = ls->container_id };
+		err = sonde_pprof__sample(pp, ids, s->n, (int64_t)s->count, labels, nl);
+		if (err)
+			goto cleanup;
+	}
+	err = sonde_pprof__encode(pp, out, len);
+cleanup:
+	free(ids);
+	free(cache.items);
+	free(cache.index.slots);
+	sonde_pprof__free(pp);
+	return err;
+}

@@ -24,7 +24,8 @@ void sonde_strbuf__append(struct sonde_strbuf *sb, const void *data, size_t len)
 void sonde_strbuf__puts(struct sonde_strbuf *sb, const char *s);
 __attribute__((format(printf, 2, 3))) void sonde_strbuf__printf(struct sonde_strbuf *sb,
 								 const char *fmt, ...);
-void sonde_strbuf__vprintf(struct sonde_strbuf *sb, const char *fmt, va_list ap);
+__attribute__((format(printf, 2, 0))) void sonde_strbuf__vprintf(struct sonde_strbuf *sb,
+								 const char *fmt, va_list ap);
 /* -ENOMEM if an append failed, else 0. */
 int sonde_strbuf__error(const struct sonde_strbuf *sb);
 void sonde_strbuf__reset(struct sonde_strbuf *sb); /* keeps the memory */

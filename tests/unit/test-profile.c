@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: MIT
+/* Window aggregation: interning of stacks per label set, filters, and the
+ * pprof that comes out, read back by `go tool pprof -raw`. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "profile.h"
+#include "symbolize.h"
+
+struct fixture {
+	struct sonde_symbolizer *sym;
+	struct sonde_object *lib, *exe;
+	struct sonde_profile *p;
+};
+
+static int setup(void **state)
+{
+	struct sonde_profile_opts opts = { .period_ns = 10000000 };
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	assert_non_null(f);
+	f->sym = sonde_symbolizer__new(NULL);
+	assert_non_null(f->sym);
+	/* Files that do not exist: objects without symbols, named name+0xoffset. */
+	f->lib = sonde_symbolizer__object(f->sym, "/nonexistent/libgone.so", "/usr/lib/libgone.so",
+					  1, 100);
+	f->exe = sonde_symbolizer__object(f->sym, "/nonexistent/app", "/usr/bin/app", 1, 101);
+	assert_non_null(f->lib);
+	assert_non_null(f->exe);
+	assert_ptr_not_equal(f->lib, f->exe);
+	f->p = sonde_profile__new(&opts);
+	assert_non_null(f->p);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	sonde_profile__free(f->p);
+	sonde_symbolizer__free(f->sym);
+	free(f);
+	return 0;
+}
+
+static void test_interns_stacks_per_label_set(void **state)
+{
+	struct fixture *f = *state;
+	struct sonde_profile_frame a[] = {
+		{ f->lib, 0x1234, 0 },
+		{ f->exe, 0x400, SONDE_PROFILE_FRAME_RETURN },
+	};
+	struct sonde_profile_frame b[] = {
+		{ f->lib, 0x1234, SONDE_PROFILE_FRAME_RETURN },
+		{ f->exe, 0x400, SONDE_PROFILE_FRAME_RETURN },
+	};
+	struct sonde_profile_labels app = { .pid = 7, .comm = "app", .exe = "/usr/bin/app" };
+	struct sonde_profile_labels other = { .pid = 8, .comm = "app", .exe = "/usr/bin/app" };
+	char comm[] = "app";
+	struct sonde_profile_labels same_but_copied = { .pid = 7, .comm = comm,
+							 .exe = "/usr/bin/app" };
+
+	assert_int_equal(sonde_profile__add(f->p, &app, a, 2, 1), 0);
+	assert_int_equal(sonde_profile__add(f->p, &app, a, 2, 2), 0);
+	assert_int_equal(sonde_profile__stacks(f->p), 1);
+	assert_int_equal(sonde_profile__samples(f->p), 3);
+	/* label strings are compared by value, not by pointer */
+	assert_int_equal(sonde_profile__add(f->p, &same_but_copied, a, 2, 1), 0);
+	comm[0] = 'X';
+	assert_int_equal(sonde_profile__stacks(f->p), 1);
+	assert_int_equal(sonde_profile__add(f->p, &other, a, 2, 1), 0);
+	assert_int_equal(sonde_profile__stacks(f->p), 2);
+	/* the leaf's flag makes another frame */
+	assert_int_equal(sonde_profile__add(f->p, &app, b, 2, 1), 0);
+	/* a prefix is another stack */
+	assert_int_equal(sonde_profile__add(f->p, &app, a, 1, 1), 0);
+	assert_int_equal(sonde_profile__stacks(f->p), 4);
+	assert_int_equal(sonde_profile__samples(f->p), 7);
+
+	sonde_profile__reset(f->p);
+	assert_int_equal(sonde_profile__stacks(f->p), 0);
+	assert_int_equal(sonde_profile__samples(f->p), 0);
+	assert_int_equal(sonde_profile__add(f->p, &app, a, 2, 1), 0);
+	assert_int_equal(sonde_profile__stacks(f->p), 1);
+}
+
+static void test_filters(void **state)
+{
+	struct sonde_profile_opts by_pid = { .period_ns = 1, .pid = 42 };
+	struct sonde_profile_opts by_comm = { .period_ns = 1, .comm = "nginx" };
+	struct sonde_profile_labels nginx42 = { .pid = 42, .comm = "nginx" };
+	struct sonde_profile_labels nginx43 = { .pid = 43, .comm = "nginx" };
+	struct sonde_profile_labels bash42 = { .pid = 42, .comm = "bash" };
+	struct sonde_profile_labels nameless = { .pid = 44 };
+	struct sonde_profile *p1 = sonde_profile__new(&by_pid);
+	struct sonde_profile *p2 = sonde_profile__new(&by_comm);
+
+	(void)state;
+	assert_true(sonde_profile__wants(p1, &nginx42));
+	assert_true(sonde_profile__wants(p1, &bash42));
+	assert_false(sonde_profile__wants(p1, &nginx43));
+	assert_true(sonde_profile__wants(p2, &nginx42));
+	assert_true(sonde_profile__wants(p2, &nginx43));
+	assert_false(sonde_profile__wants(p2, &bash42));
+	assert_false(sonde_profile__wants(p2, &nameless));
+	sonde_profile__free(p1);
+	sonde_profile__free(p2);
+}
+
+static void test_many_distinct_stacks(void **state)
+{
+	struct fixture *f = *state;
+	struct sonde_profile_labels l = { .pid = 1, .comm = "x" };
+	struct sonde_profile_frame fr[3];
+	uint32_t i;
+
+	sonde_profile__reset(f->p);
+	for (i = 0; i < 100000; i++) {
+		fr[0] = (struct sonde_profile_frame){ f->lib, i, 0 };
+		fr[1] = (struct sonde_profile_frame){ f->exe, i % 7, SONDE_PROFILE_FRAME_RETURN };
+		fr[2] = (struct sonde_profile_frame){ f->exe, 1, SONDE_PROFILE_FRAME_RETURN };
+		l.pid = 1 + i % 3;
+		assert_int_equal(sonde_profile__add(f->p, &l, fr, 3, 1), 0);
+		assert_int_equal(sonde_profile__add(f->p, &l, fr, 3, 1), 0);
+	}
+	assert_int_equal(sonde_profile__stacks(f->p), 100000);
+	assert_int_equal(sonde_profile__samples(f->p), 200000);
+}
+
+static char *run(const char *cmd)
+{
+	static char out[1 << 16];
+	size_t n;
+	FILE *pipe = popen(cmd, "r");
+
+	assert_non_null(pipe);
+	n = fread(out, 1, sizeof(out) - 1, pipe);
+	out[n] = '\0';
+	assert_int_equal(pclose(pipe), 0);
+	return out;
+}
+
+static void test_pprof_names_unknown_frames(void **state)
+{
+	struct fixture *f = *state;
+	struct sonde_profile_frame st[] = {
+		{ f->lib, 0x1234, 0 },
+		{ f->exe, 0x400, SONDE_PROFILE_FRAME_RETURN },
+	};
+	struct sonde_profile_labels l = { .pid = 7, .comm = "app", .exe = "/usr/bin/app",
+					  .container_id = "" };
+	char file[] = "/tmp/sonde-profile-XXXXXX", cmd[256];
+	uint8_t *data = NULL;
+	size_t len = 0;
+	char *out;
+	int fd;
+
+	if (access("/usr/bin/go", X_OK) != 0) {
+		if (getenv("CI") && strcmp(getenv("CI"), "true") == 0)
+			fail_msg("go is missing (golang-go): it reads the pprof under test");
+		skip();
+	}
+	sonde_profile__reset(f->p);
+	assert_int_equal(sonde_profile__add(f->p, &l, st, 2, 5), 0);
+	assert_int_equal(sonde_profile__pprof(f->p, &data, &len), 0);
+	fd = mkstemp(file);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, data, len), (ssize_t)len);
+	close(fd);
+	free(data);
+	snprintf(cmd, sizeof(cmd),
+		 "HOME=${HOME:-/tmp} go tool pprof -symbolize=none -raw %s 2>&1", file);
+	out = run(cmd);
+	unlink(file);
+	if (!strstr(out, "Period: 10000000") || !strstr(out, "5   50000000: 1 2 ") ||
+	    !strstr(out, "libgone.so+0x1234") || !strstr(out, "app+0x400") ||
+	    !strstr(out, "comm:[app]") || !strstr(out, "exe:[/usr/bin/app]") ||
+	    !strstr(out, "pid:[7]") || strstr(out, "container_id"))
+		fail_msg("unexpected pprof:\n%s", out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_interns_stacks_per_label_set, setup, teardown),
+		cmocka_unit_test(test_filters),
+		cmocka_unit_test_setup_teardown(test_many_distinct_stacks, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_pprof_names_unknown_frames, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
