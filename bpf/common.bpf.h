@@ -26,6 +26,20 @@ struct {
 	__uint(max_entries, 4 << 20);
 } events SEC(".maps");
 
+/* Samples wake userspace only once this much waits in the ringbuf; the
+ * daemon also drains it on a timer. 0: wake on every record. */
+const volatile __u64 sonde_wakeup_bytes = 0;
+
+/* Flags for bpf_ringbuf_output(): batch wake-ups, per sonde_wakeup_bytes. */
+static __always_inline __u64 sonde_wakeup_flags(void)
+{
+	if (!sonde_wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= sonde_wakeup_bytes
+		       ? BPF_RB_FORCE_WAKEUP
+		       : BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline void sonde_stat_inc(__u32 stat)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &stat);

@@ -7,7 +7,6 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
 #include "common.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -26,34 +25,31 @@ static __always_inline void send(void *event, __u64 size)
 		sonde_stat_inc(SONDE_STAT_PROC_EVENT_DROPS);
 }
 
-SEC("tracepoint/sched/sched_process_exec")
-int sched_process_exec(struct trace_event_raw_sched_process_exec *ctx)
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(sched_process_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u32 zero = 0, off;
+	__u32 zero = 0;
 	__u64 arg_start, arg_end, len;
 	struct sonde_exec_event *e = bpf_map_lookup_elem(&exec_scratch, &zero);
 
 	if (!e)
 		return 0;
 	e->hdr.type = SONDE_EV_EXEC;
-	e->hdr.pid = bpf_get_current_pid_tgid() >> 32;
+	e->hdr.pid = task->tgid;
 	e->hdr.time_ns = bpf_ktime_get_ns();
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->ppid = task->real_parent->tgid;
 	e->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
-
-	off = BPF_CORE_READ(ctx, __data_loc_filename) & 0xffff;
-	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), (char *)ctx + off) < 0)
+	if (bpf_probe_read_kernel_str(e->filename, sizeof(e->filename), bprm->filename) < 0)
 		e->filename[0] = '\0';
 
-	arg_start = BPF_CORE_READ(task, mm, arg_start);
-	arg_end = BPF_CORE_READ(task, mm, arg_end);
+	arg_start = task->mm->arg_start;
+	arg_end = task->mm->arg_end;
 	len = arg_end > arg_start ? arg_end - arg_start : 0;
 	if (len > SONDE_ARGS_LEN)
 		len = SONDE_ARGS_LEN;
 	e->args_len = 0;
-	if (len && bpf_probe_read_user(e->args, len & (SONDE_ARGS_LEN * 2 - 1), (void *)arg_start) == 0)
+	if (len && bpf_probe_read_user(e->args, len, (void *)arg_start) == 0)
 		e->args_len = len;
 	send(e, sizeof(*e));
 	return 0;

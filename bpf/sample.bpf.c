@@ -53,7 +53,8 @@ int sample(struct bpf_perf_event_data *ctx)
 	s->tid = (__u32)pid_tgid;
 	s->cpu = bpf_get_smp_processor_id();
 	s->cgroup_id = bpf_get_current_cgroup_id();
-	s->flags = (ctx->regs.cs & 3) ? SONDE_SAMPLE_USER_MODE : 0;
+	/* x86-64: user addresses have the top bit clear, kernel ones set */
+	s->flags = (long)ctx->regs.ip >= 0 ? SONDE_SAMPLE_USER_MODE : 0;
 	s->ustack_len = 0;
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 

@@ -34,7 +34,8 @@ static __always_inline int sonde_sample_emit(struct sonde_sample *s)
 
 	if (words > SONDE_MAX_FRAMES)
 		words = SONDE_MAX_FRAMES;
-	if (bpf_ringbuf_output(&events, s, SONDE_SAMPLE_HDR_SIZE + words * sizeof(__u64), 0))
+	if (bpf_ringbuf_output(&events, s, SONDE_SAMPLE_HDR_SIZE + words * sizeof(__u64),
+			       sonde_wakeup_flags()))
 		sonde_stat_inc(SONDE_STAT_RINGBUF_DROPS);
 	return 0;
 }
