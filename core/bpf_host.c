@@ -63,7 +63,8 @@ static const struct {
 
 static void explain_load_error(const char *what, int err)
 {
-	if (err == -EPERM || err == -EACCES)
+	/* As root, EACCES comes from the verifier, not from a lack of rights. */
+	if (err == -EPERM || (err == -EACCES && geteuid() != 0))
 		sonde_err("loading the %s BPF programs was refused (%s): run sonded as root, or "
 			  "give it CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE",
 			  what, strerror(-err));
@@ -102,10 +103,26 @@ static void disable_missing_hooks(struct sonde_bpf_host *host)
 	btf__free(vmlinux);
 }
 
+/*
+ * Room for a quarter second of full-size samples from every CPU: 2.5 times
+ * the daemon's drain interval. The ring is mapped (and resident) whole, so
+ * it is not made larger than that: 256 KiB at 19 Hz on 2 CPUs, 1 MiB at
+ * 999 Hz.
+ */
+static size_t default_ring_size(unsigned int hz, int cpus)
+{
+	uint64_t want = (uint64_t)hz * (uint64_t)cpus * sizeof(struct sonde_sample) / 4;
+	size_t size = 256u << 10;
+
+	while (size < want && size < (64u << 20))
+		size <<= 1;
+	return size;
+}
+
 struct sonde_bpf_host *sonde_bpf_host__load(const struct sonde_bpf_host_opts *opts)
 {
 	struct sonde_bpf_host *host;
-	size_t ring = opts->ringbuf_bytes ? opts->ringbuf_bytes : 8u << 20;
+	size_t ring = opts->ringbuf_bytes, wakeup;
 	int err, fp_fd;
 	__u32 slot = SONDE_UNWINDER_FP;
 
@@ -126,6 +143,10 @@ struct sonde_bpf_host *sonde_bpf_host__load(const struct sonde_bpf_host_opts *op
 		goto fail;
 	}
 
+	if (!ring)
+		ring = default_ring_size(opts->hz, host->possible_cpus);
+	sonde_debug("events ringbuf: %zu KiB", ring >> 10);
+
 	host->sample = sample_bpf__open();
 	host->proc = proc_bpf__open();
 	if (!host->sample || !host->proc) {
@@ -134,8 +155,9 @@ struct sonde_bpf_host *sonde_bpf_host__load(const struct sonde_bpf_host_opts *op
 		goto fail;
 	}
 	bpf_map__set_max_entries(host->sample->maps.events, ring);
-	host->sample->rodata->sonde_wakeup_bytes = opts->wakeup_bytes;
-	host->proc->rodata->sonde_wakeup_bytes = opts->wakeup_bytes;
+	wakeup = opts->wakeup_bytes && opts->wakeup_bytes < ring ? opts->wakeup_bytes : ring / 4;
+	host->sample->rodata->sonde_wakeup_bytes = wakeup;
+	host->proc->rodata->sonde_wakeup_bytes = wakeup;
 
 	err = sample_bpf__load(host->sample);
 	if (err) {

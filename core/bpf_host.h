@@ -27,8 +27,9 @@ typedef int (*sonde_bpf_event_fn)(void *ctx, void *data, size_t size);
 
 struct sonde_bpf_host_opts {
 	unsigned int hz;        /* samples per second per CPU */
-	size_t ringbuf_bytes;   /* power of two; 0: 8 MiB */
-	size_t wakeup_bytes;    /* batch wake-ups (see common.bpf.h); 0: every record */
+	size_t ringbuf_bytes;   /* power of two; 0: sized from hz and the CPUs */
+	size_t wakeup_bytes;    /* wake userspace once this much waits (common.bpf.h);
+				 * 0 or more than the ring: a quarter of the ring */
 	sonde_bpf_event_fn on_event;
 	void *ctx;
 };

@@ -27,7 +27,6 @@
 #include "symbolize.h"
 
 #define DRAIN_INTERVAL_MS 100
-#define WAKEUP_BYTES (256u << 10)
 #define MAX_PROFILE_SECONDS 3600
 
 struct pending_profile {
@@ -470,7 +469,6 @@ static int daemon_start(struct sonde_daemon *d)
 {
 	struct sonde_bpf_host_opts host_opts = {
 		.hz = d->opts->hz,
-		.wakeup_bytes = WAKEUP_BYTES,
 		.on_event = on_event,
 		.ctx = d,
 	};
