@@ -18,6 +18,7 @@
  * message, so every later call fails with ENOMEM. The daemon builds one
  * builder per export, so that loses one profile, never corrupts one.
  */
+#include "hash.h"
 #include "pprof.h"
 
 #include <errno.h>
@@ -216,30 +217,6 @@ static void put_packed(struct sonde_strbuf *sb, unsigned int field, const uint64
 
 /* --- hashing and interning --- */
 
-static uint64_t mix(uint64_t h, uint64_t v)
-{
-	/* splitmix64's finalizer over a running combination. */
-	h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-	h ^= h >> 30;
-	h *= 0xbf58476d1ce4e5b9ULL;
-	h ^= h >> 27;
-	h *= 0x94d049bb133111ebULL;
-	h ^= h >> 31;
-	return h;
-}
-
-static uint64_t hash_bytes(const char *s, size_t len)
-{
-	uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
-	size_t i;
-
-	for (i = 0; i < len; i++) {
-		h ^= (uint8_t)s[i];
-		h *= 0x100000001b3ULL;
-	}
-	return mix(h, len);
-}
-
 typedef bool (*eq_fn)(const struct sonde_pprof *p, uint64_t id, const void *key);
 
 static uint64_t intern_find(const struct intern *ix, uint64_t hash, eq_fn eq,
@@ -345,7 +322,7 @@ static int64_t intern_str(struct sonde_pprof *p, const char *s)
 
 	if (p->err)
 		return -1;
-	hash = hash_bytes(k.s, k.len);
+	hash = sonde_hash_bytes(k.s, k.len);
 	/* Intern ids are index + 1 so that 0 stays "empty slot". */
 	id = intern_find(&p->str_ix, hash, str_eq, p, &k);
 	if (id)
@@ -440,7 +417,7 @@ uint64_t sonde_pprof__mapping(struct sonde_pprof *p, uint64_t start, uint64_t li
 	m.build_id = intern_str(p, build_id);
 	if (p->err)
 		return fail_id(p->err);
-	hash = mix(mix(mix(mix(mix(0, start), limit), file_offset), (uint64_t)m.filename),
+	hash = sonde_hash_mix(sonde_hash_mix(sonde_hash_mix(sonde_hash_mix(sonde_hash_mix(0, start), limit), file_offset), (uint64_t)m.filename),
 		   (uint64_t)m.build_id);
 	id = intern_find(&p->mapping_ix, hash, mapping_eq, p, &m);
 	if (id)
@@ -491,7 +468,7 @@ uint64_t sonde_pprof__function(struct sonde_pprof *p, const char *name, const ch
 	f.filename = intern_str(p, filename);
 	if (p->err)
 		return fail_id(p->err);
-	hash = mix(mix(1, (uint64_t)f.name), (uint64_t)f.filename);
+	hash = sonde_hash_mix(sonde_hash_mix(1, (uint64_t)f.name), (uint64_t)f.filename);
 	id = intern_find(&p->function_ix, hash, function_eq, p, &f);
 	if (id)
 		return id;
@@ -539,7 +516,7 @@ uint64_t sonde_pprof__location(struct sonde_pprof *p, uint64_t mapping_id, uint6
 	for (i = 0; i < nlines; i++)
 		if (!lines[i].function_id || lines[i].function_id > p->nfunctions)
 			return fail_id(-EINVAL);
-	hash = mix(mix(2, mapping_id), address);
+	hash = sonde_hash_mix(sonde_hash_mix(2, mapping_id), address);
 	id = intern_find(&p->location_ix, hash, location_eq, p, &l);
 	if (id)
 		return id;

@@ -26,6 +26,8 @@
  *   place; mappings that appeared after the old exit (side-band records are
  *   drained before the events ringbuf, so they may come first) stay.
  */
+#include "hash.h"
+#include "loop.h"
 #include "proc.h"
 #include "strbuf.h"
 #include "symbolize.h"
@@ -98,31 +100,6 @@ struct maps_line {
 	char *path; /* points into the line; "" for anonymous */
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static uint32_t hash_u64(uint64_t v)
-{
-	v ^= v >> 33;
-	v *= 0xff51afd7ed558ccdULL;
-	v ^= v >> 33;
-	return (uint32_t)v;
-}
-
-static uint32_t hash_str(const char *s)
-{
-	uint32_t h = 2166136261u; /* FNV-1a */
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 16777619u;
-	return h;
-}
-
 /* ---- strings ---- */
 
 static void set_str(char **dst, const char *src)
@@ -143,7 +120,7 @@ static void set_comm(struct sonde_proc *p, const char *comm)
 
 static const char *intern(struct sonde_procs *procs, const char *s)
 {
-	uint32_t h = hash_str(s), i;
+	uint32_t h = sonde_hash_str(s), i;
 	struct name_ent *e;
 	size_t len;
 
@@ -254,7 +231,7 @@ static struct sonde_proc *proc_find(const struct sonde_procs *procs, uint32_t pi
 {
 	struct sonde_proc *p;
 
-	for (p = procs->buckets[hash_u64(pid) & (procs->nbuckets - 1)]; p; p = p->hnext)
+	for (p = procs->buckets[sonde_hash_mix(0, pid) & (procs->nbuckets - 1)]; p; p = p->hnext)
 		if (p->pid == pid)
 			return p;
 	return NULL;
@@ -270,8 +247,8 @@ static void proc_grow(struct sonde_procs *procs)
 	for (i = 0; i < procs->nbuckets; i++) {
 		while ((p = procs->buckets[i])) {
 			procs->buckets[i] = p->hnext;
-			p->hnext = b[hash_u64(p->pid) & (n - 1)];
-			b[hash_u64(p->pid) & (n - 1)] = p;
+			p->hnext = b[sonde_hash_mix(0, p->pid) & (n - 1)];
+			b[sonde_hash_mix(0, p->pid) & (n - 1)] = p;
 		}
 	}
 	free(procs->buckets);
@@ -289,7 +266,7 @@ static struct sonde_proc *proc_new(struct sonde_procs *procs, uint32_t pid)
 	p->pid = pid;
 	if (procs->count >= procs->nbuckets)
 		proc_grow(procs);
-	b = hash_u64(pid) & (procs->nbuckets - 1);
+	b = sonde_hash_mix(0, pid) & (procs->nbuckets - 1);
 	p->hnext = procs->buckets[b];
 	procs->buckets[b] = p;
 	procs->count++;
@@ -307,7 +284,7 @@ static void proc_destroy(struct sonde_proc *p)
 
 static void proc_unlink(struct sonde_procs *procs, struct sonde_proc *p)
 {
-	struct sonde_proc **pp = &procs->buckets[hash_u64(p->pid) & (procs->nbuckets - 1)];
+	struct sonde_proc **pp = &procs->buckets[sonde_hash_mix(0, p->pid) & (procs->nbuckets - 1)];
 
 	for (; *pp; pp = &(*pp)->hnext) {
 		if (*pp == p) {
@@ -656,7 +633,7 @@ static int read_maps(struct sonde_procs *procs, struct sonde_proc *p)
 	char path[PATH_MAX], *line = NULL;
 	struct maps_line l;
 	size_t cap = 0;
-	uint64_t now = now_ns(), since;
+	uint64_t now = sonde_now_ns(), since;
 	uint32_t i, nold;
 	bool known;
 	FILE *f;
@@ -773,7 +750,7 @@ static void cgroup_add(struct sonde_procs *procs, uint64_t id, const char *path)
 {
 	size_t len = strlen(path);
 	struct cgroup_ent *e = malloc(sizeof(*e) + len + 1);
-	uint32_t b = hash_u64(id) & (CGROUP_BUCKETS - 1);
+	uint32_t b = sonde_hash_mix(0, id) & (CGROUP_BUCKETS - 1);
 
 	if (!e)
 		return;
@@ -838,7 +815,7 @@ static const char *cgroup_lookup(const struct sonde_procs *procs, uint64_t id)
 {
 	struct cgroup_ent *e;
 
-	for (e = procs->cgroups[hash_u64(id) & (CGROUP_BUCKETS - 1)]; e; e = e->next)
+	for (e = procs->cgroups[sonde_hash_mix(0, id) & (CGROUP_BUCKETS - 1)]; e; e = e->next)
 		if (e->id == id)
 			return e->path;
 	return NULL;
@@ -856,7 +833,7 @@ static const char *cgroup_path(struct sonde_procs *procs, uint64_t id)
 	path = cgroup_lookup(procs, id);
 	if (path)
 		return path;
-	now = now_ns();
+	now = sonde_now_ns();
 	if (procs->cgroup_walked && now - procs->cgroup_walk_ns < CGROUP_REWALK_NS)
 		return NULL;
 	procs->cgroup_walked = true;
@@ -1143,7 +1120,7 @@ const struct sonde_mapping *sonde_procs__find_mapping(struct sonde_procs *procs,
 	if (m)
 		return m;
 	if (!proc->exit_ns) {
-		now = now_ns();
+		now = sonde_now_ns();
 		if (!proc->last_rescan_ns || now - proc->last_rescan_ns >= procs->rescan_ns) {
 			read_maps(procs, proc);
 			m = map_lookup(proc, addr, time_ns);

@@ -1,4 +1,5 @@
 // SPDX-License-Identifier: MIT
+#include "hash.h"
 #include "profile.h"
 
 #include <errno.h>
@@ -54,19 +55,9 @@ struct sonde_profile {
 	uint32_t nframes, frames_cap;
 };
 
-static uint64_t mix(uint64_t h, uint64_t v)
-{
-	h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-	return h * 0xff51afd7ed558ccdULL;
-}
-
 static uint64_t mix_str(uint64_t h, const char *s)
 {
-	if (!s)
-		return mix(h, 0);
-	for (; *s; s++)
-		h = mix(h, (unsigned char)*s);
-	return mix(h, 1);
+	return sonde_hash_mix(h, s ? sonde_hash_str(s) : 0);
 }
 
 static int64_t wall_ns(void)
@@ -195,7 +186,7 @@ static char *dup_or_null(const char *s, bool *failed)
 /* The index of the label set, added if new; -1 on ENOMEM. */
 static int64_t intern_labels(struct sonde_profile *p, const struct sonde_profile_labels *l)
 {
-	uint64_t h = mix_str(mix_str(mix_str(mix(0, l->pid), l->comm), l->exe), l->container_id);
+	uint64_t h = mix_str(mix_str(mix_str(sonde_hash_mix(0, l->pid), l->comm), l->exe), l->container_id);
 	struct labelset *ls;
 	bool failed = false;
 	uint32_t i;
@@ -248,9 +239,9 @@ int sonde_profile__add(struct sonde_profile *p, const struct sonde_profile_label
 
 	if (ls < 0)
 		return -ENOMEM;
-	h = mix(0, (uint64_t)ls);
+	h = sonde_hash_mix(0, (uint64_t)ls);
 	for (i = 0; i < n; i++)
-		h = mix(mix(mix(h, (uintptr_t)frames[i].obj), frames[i].vaddr), frames[i].flags);
+		h = sonde_hash_mix(sonde_hash_mix(sonde_hash_mix(h, (uintptr_t)frames[i].obj), frames[i].vaddr), frames[i].flags);
 
 	if (index_reserve(&p->stack_index, p->nstacks, p->stacks, sizeof(*s)))
 		return -ENOMEM;
@@ -353,7 +344,7 @@ static uint64_t make_location(struct sonde_pprof *pp, const struct sonde_profile
 static uint64_t location_of(struct location_cache *c, struct sonde_pprof *pp,
 			    const struct sonde_profile_frame *f)
 {
-	uint64_t h = mix(mix(mix(0, (uintptr_t)f->obj), f->vaddr), f->flags);
+	uint64_t h = sonde_hash_mix(sonde_hash_mix(sonde_hash_mix(0, (uintptr_t)f->obj), f->vaddr), f->flags);
 	uint64_t id;
 	uint32_t i;
 

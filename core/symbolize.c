@@ -19,6 +19,7 @@
 #include <dwarf.h>
 #include <gelf.h>
 
+#include "hash.h"
 #include "elf_image.h"
 #include "kallsyms.h"
 #include "symbolize.h"
@@ -128,25 +129,6 @@ struct sonde_symbolizer {
 	struct sonde_symbolizer_stats stats;
 };
 
-static uint64_t mix64(uint64_t x)
-{
-	x ^= x >> 33;
-	x *= 0xff51afd7ed558ccdULL;
-	x ^= x >> 33;
-	x *= 0xc4ceb9fe1a85ec53ULL;
-	x ^= x >> 33;
-	return x;
-}
-
-static uint64_t hash_str(const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-
-	while (*s)
-		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
-	return h;
-}
-
 /* ---- strings ----------------------------------------------------------- */
 
 static char *pool_copy(struct sonde_symbolizer *sym, const char *s)
@@ -185,7 +167,7 @@ static const char *intern(struct sonde_symbolizer *sym, const char *s)
 
 			if (!sym->strings[i])
 				continue;
-			for (j = hash_str(sym->strings[i]) & (slots - 1); t[j];
+			for (j = sonde_hash_str(sym->strings[i]) & (slots - 1); t[j];
 			     j = (j + 1) & (slots - 1))
 				;
 			t[j] = sym->strings[i];
@@ -195,7 +177,7 @@ static const char *intern(struct sonde_symbolizer *sym, const char *s)
 		sym->string_slots = slots;
 	}
 	mask = sym->string_slots - 1;
-	for (i = hash_str(s) & mask; sym->strings[i]; i = (i + 1) & mask)
+	for (i = sonde_hash_str(s) & mask; sym->strings[i]; i = (i + 1) & mask)
 		if (strcmp(sym->strings[i], s) == 0)
 			return sym->strings[i];
 	sym->strings[i] = pool_copy(sym, s);
@@ -331,7 +313,7 @@ static struct sonde_object *object_new(struct sonde_symbolizer *sym, enum obj_ki
 
 static uint64_t object_key(uint64_t dev, uint64_t ino)
 {
-	return mix64(dev * 0x9e3779b97f4a7c15ULL ^ ino);
+	return sonde_hash_mix(sonde_hash_mix(0, dev), ino);
 }
 
 static int grow_objects(struct sonde_symbolizer *sym)
@@ -371,7 +353,7 @@ static int grow_images(struct sonde_symbolizer *sym)
 		return -ENOMEM;
 	for (i = 0; i < sym->image_buckets; i++) {
 		for (img = sym->images[i]; img; img = next) {
-			size_t b = hash_str(sonde_elf__build_id(img->elf)) & (n - 1);
+			size_t b = sonde_hash_str(sonde_elf__build_id(img->elf)) & (n - 1);
 
 			next = img->next_hash;
 			img->next_hash = t[b];
@@ -390,7 +372,7 @@ static struct image *image_find(struct sonde_symbolizer *sym, const char *build_
 
 	if (!sym->image_buckets)
 		return NULL;
-	img = sym->images[hash_str(build_id) & (sym->image_buckets - 1)];
+	img = sym->images[sonde_hash_str(build_id) & (sym->image_buckets - 1)];
 	for (; img; img = img->next_hash)
 		if (strcmp(sonde_elf__build_id(img->elf), build_id) == 0)
 			return img;
@@ -417,7 +399,7 @@ static struct image *image_new(struct sonde_symbolizer *sym, struct sonde_elf *e
 
 		if (grow_images(sym))
 			goto fail;
-		b = hash_str(build_id) & (sym->image_buckets - 1);
+		b = sonde_hash_str(build_id) & (sym->image_buckets - 1);
 		img->next_hash = sym->images[b];
 		sym->images[b] = img;
 		sym->image_count++;
@@ -944,7 +926,7 @@ static struct cache_slot *cache_slot(struct image *img, uint64_t vaddr, bool *hi
 
 				if (!img->cache[i].used)
 					continue;
-				j = mix64(img->cache[i].vaddr) & (slots - 1);
+				j = sonde_hash_mix(0, img->cache[i].vaddr) & (slots - 1);
 				while (t[j].used)
 					j = (j + 1) & (slots - 1);
 				t[j] = img->cache[i];
@@ -955,7 +937,7 @@ static struct cache_slot *cache_slot(struct image *img, uint64_t vaddr, bool *hi
 		}
 	}
 	mask = img->cache_slots - 1;
-	for (i = mix64(vaddr) & mask; img->cache[i].used; i = (i + 1) & mask) {
+	for (i = sonde_hash_mix(0, vaddr) & mask; img->cache[i].used; i = (i + 1) & mask) {
 		if (img->cache[i].vaddr == vaddr) {
 			*hit = true;
 			break;
