@@ -31,6 +31,7 @@ struct sonde_bpf_host {
 	struct bpf_link *hook_links[3];
 	unsigned int hz;
 	int possible_cpus;
+	uint32_t unwinders_used; /* bit per slot of the unwinders PROG_ARRAY */
 };
 
 static const char *const stat_names[SONDE_STAT__COUNT] = {
@@ -180,6 +181,7 @@ struct sonde_bpf_host *sonde_bpf_host__load(const struct sonde_bpf_host_opts *op
 		goto fail;
 	}
 
+	host->unwinders_used = 1u << SONDE_UNWINDER_FP;
 	fp_fd = bpf_program__fd(host->sample->progs.unwind_fp);
 	err = bpf_map_update_elem(bpf_map__fd(host->sample->maps.unwinders), &slot, &fp_fd, BPF_ANY);
 	if (err) {
@@ -411,4 +413,35 @@ int sonde_bpf_host__map_fd(const struct sonde_bpf_host *host, const char *name)
 	struct bpf_map *map = bpf_object__find_map_by_name(host->sample->obj, name);
 
 	return map ? bpf_map__fd(map) : -ENOENT;
+}
+
+int sonde_bpf_host__add_unwinder(struct sonde_bpf_host *host, int prog_fd)
+{
+	__u32 slot;
+
+	for (slot = 0; slot < SONDE_MAX_UNWINDERS; slot++)
+		if (!(host->unwinders_used & (1u << slot)))
+			break;
+	if (slot == SONDE_MAX_UNWINDERS)
+		return -ENOSPC;
+	if (bpf_map_update_elem(bpf_map__fd(host->sample->maps.unwinders), &slot, &prog_fd, BPF_ANY))
+		return -errno;
+	host->unwinders_used |= 1u << slot;
+	return (int)slot;
+}
+
+int sonde_bpf_host__set_process_unwinder(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot)
+{
+	struct sonde_proc_info info = { .unwinder = slot };
+
+	if (slot >= SONDE_MAX_UNWINDERS || !(host->unwinders_used & (1u << slot)))
+		return -EINVAL;
+	if (bpf_map_update_elem(bpf_map__fd(host->sample->maps.procs), &pid, &info, BPF_ANY))
+		return -errno;
+	return 0;
+}
+
+void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid)
+{
+	bpf_map_delete_elem(bpf_map__fd(host->sample->maps.procs), &pid);
 }

@@ -54,6 +54,17 @@ int sonde_bpf_host__stats(const struct sonde_bpf_host *host, uint64_t *out);
 /* The self-metric reason label of a counter ("samples", "ringbuf_full", ...). */
 const char *sonde_stat_name(enum sonde_stat stat);
 
+/*
+ * Puts prog_fd in a free slot of the unwinders PROG_ARRAY. The slot
+ * (1..SONDE_MAX_UNWINDERS-1), or -ENOSPC, or -errno.
+ */
+int sonde_bpf_host__add_unwinder(struct sonde_bpf_host *host, int prog_fd);
+/* The unwinder the sampler starts pid's user stack with (slot 0: frame
+ * pointers, the default for every process not set here). 0 or -errno. */
+int sonde_bpf_host__set_process_unwinder(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot);
+/* Forgets pid in the procs map (it exited). */
+void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid);
+
 /* The shared map fds plugins reuse: "events", "stats", "scratch", "procs",
  * "unwinders". -ENOENT for another name. */
 int sonde_bpf_host__map_fd(const struct sonde_bpf_host *host, const char *name);
