@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "pprof.h"
+#include "strbuf.h"
 #include "symbolize.h"
 
 #define MAX_INLINE 16
@@ -17,6 +18,9 @@ struct labelset {
 	uint64_t hash;
 	uint32_t pid;
 	char *comm, *exe, *container_id;
+	char *extra;       /* "key\0value\0key\0value\0": nextra pairs */
+	size_t extra_len;
+	uint32_t nextra;
 };
 
 struct stack {
@@ -41,6 +45,7 @@ struct sonde_profile {
 	uint32_t pid_filter;
 	char *comm_filter;
 	int64_t start_wall_ns;
+	int64_t end_wall_ns; /* 0 while open */
 	uint64_t samples;
 
 	struct labelset *labelsets;
@@ -137,6 +142,7 @@ static void free_labelsets(struct sonde_profile *p)
 		free(p->labelsets[i].comm);
 		free(p->labelsets[i].exe);
 		free(p->labelsets[i].container_id);
+		free(p->labelsets[i].extra);
 	}
 	p->nlabelsets = 0;
 }
@@ -183,39 +189,101 @@ static char *dup_or_null(const char *s, bool *failed)
 	return d;
 }
 
+/* "" and NULL are the same absent label. */
+static const char *present(const char *s)
+{
+	return s && *s ? s : NULL;
+}
+
+/* The extra labels as one blob of NUL-terminated keys and values. */
+static size_t extra_blob(const struct sonde_profile_labels *l, char *buf, size_t size,
+			 uint32_t *pairs)
+{
+	size_t len = 0, k, v;
+	uint32_t i;
+
+	for (i = 0; i < l->nextra && i < SONDE_PROFILE_MAX_EXTRA; i++, ++*pairs) {
+		k = strlen(l->extra[i].key) + 1;
+		v = strlen(l->extra[i].value) + 1;
+		if (len + k + v > size)
+			break;
+		memcpy(buf + len, l->extra[i].key, k);
+		memcpy(buf + len + k, l->extra[i].value, v);
+		len += k + v;
+	}
+	return len;
+}
+
 /* The index of the label set, added if new; -1 on ENOMEM. */
 static int64_t intern_labels(struct sonde_profile *p, const struct sonde_profile_labels *l)
 {
-	uint64_t h = mix_str(mix_str(mix_str(sonde_hash_mix(0, l->pid), l->comm), l->exe), l->container_id);
+	const char *comm = present(l->comm), *exe = present(l->exe);
+	const char *cid = present(l->container_id);
+	char blob[2048];
+	uint32_t pairs = 0;
+	size_t blob_len = l->nextra ? extra_blob(l, blob, sizeof(blob), &pairs) : 0;
+	uint64_t h = mix_str(mix_str(mix_str(sonde_hash_mix(0, l->pid), comm), exe), cid);
 	struct labelset *ls;
 	bool failed = false;
 	uint32_t i;
 
+	h = sonde_hash_mix(h, blob_len ? sonde_hash_bytes(blob, blob_len) : 0);
 	if (index_reserve(&p->labelset_index, p->nlabelsets, p->labelsets, sizeof(*ls)))
 		return -1;
 	for (i = h & p->labelset_index.mask; p->labelset_index.slots[i];
 	     i = (i + 1) & p->labelset_index.mask) {
 		ls = &p->labelsets[p->labelset_index.slots[i] - 1];
-		if (ls->hash == h && ls->pid == l->pid && str_eq(ls->comm, l->comm) &&
-		    str_eq(ls->exe, l->exe) && str_eq(ls->container_id, l->container_id))
+		if (ls->hash == h && ls->pid == l->pid && str_eq(ls->comm, comm) &&
+		    str_eq(ls->exe, exe) && str_eq(ls->container_id, cid) &&
+		    ls->extra_len == blob_len && memcmp(ls->extra ? ls->extra : "", blob, blob_len) == 0)
 			return p->labelset_index.slots[i] - 1;
 	}
 	if (grow((void **)&p->labelsets, &p->labelsets_cap, sizeof(*ls), p->nlabelsets + 1))
 		return -1;
 	ls = &p->labelsets[p->nlabelsets];
-	*ls = (struct labelset){ .hash = h, .pid = l->pid };
-	ls->comm = dup_or_null(l->comm, &failed);
-	ls->exe = dup_or_null(l->exe, &failed);
-	ls->container_id = dup_or_null(l->container_id && *l->container_id ? l->container_id : NULL,
-				       &failed);
+	*ls = (struct labelset){ .hash = h, .pid = l->pid, .extra_len = blob_len, .nextra = pairs };
+	ls->comm = dup_or_null(comm, &failed);
+	ls->exe = dup_or_null(exe, &failed);
+	ls->container_id = dup_or_null(cid, &failed);
+	if (blob_len) {
+		ls->extra = malloc(blob_len);
+		if (ls->extra)
+			memcpy(ls->extra, blob, blob_len);
+		else
+			failed = true;
+	}
 	if (failed) {
 		free(ls->comm);
 		free(ls->exe);
 		free(ls->container_id);
+		free(ls->extra);
 		return -1;
 	}
 	p->labelset_index.slots[i] = ++p->nlabelsets;
 	return p->nlabelsets - 1;
+}
+
+/* The labels of a label set, extras pointing into its blob. */
+static void labels_of(const struct labelset *ls, struct sonde_profile_labels *out,
+		      struct sonde_profile_label extra[SONDE_PROFILE_MAX_EXTRA])
+{
+	const char *p = ls->extra;
+	uint32_t i;
+
+	*out = (struct sonde_profile_labels){
+		.pid = ls->pid,
+		.comm = ls->comm,
+		.exe = ls->exe,
+		.container_id = ls->container_id,
+		.extra = extra,
+		.nextra = ls->nextra,
+	};
+	for (i = 0; i < ls->nextra; i++) {
+		extra[i].key = p;
+		p += strlen(p) + 1;
+		extra[i].value = p;
+		p += strlen(p) + 1;
+	}
 }
 
 static bool frames_eq(const struct sonde_profile_frame *a, const struct sonde_profile_frame *b,
@@ -271,6 +339,14 @@ uint64_t sonde_profile__samples(const struct sonde_profile *p)
 	return p->samples;
 }
 
+size_t sonde_profile__bytes(const struct sonde_profile *p)
+{
+	return sizeof(*p) + (size_t)p->labelsets_cap * sizeof(*p->labelsets) +
+	       (size_t)p->stacks_cap * sizeof(*p->stacks) +
+	       (size_t)p->frames_cap * sizeof(*p->frames) +
+	       ((size_t)p->stack_index.mask + 1 + p->labelset_index.mask + 1) * sizeof(uint32_t);
+}
+
 uint64_t sonde_profile__stacks(const struct sonde_profile *p)
 {
 	return p->nstacks;
@@ -288,6 +364,56 @@ void sonde_profile__reset(struct sonde_profile *p)
 	p->nframes = 0;
 	p->samples = 0;
 	p->start_wall_ns = wall_ns();
+	p->end_wall_ns = 0;
+}
+
+int64_t sonde_profile__start_ns(const struct sonde_profile *p)
+{
+	return p->start_wall_ns;
+}
+
+int64_t sonde_profile__end_ns(const struct sonde_profile *p)
+{
+	return p->end_wall_ns ? p->end_wall_ns : wall_ns();
+}
+
+void sonde_profile__close(struct sonde_profile *p)
+{
+	p->end_wall_ns = wall_ns();
+}
+
+int sonde_profile__for_each_stack(const struct sonde_profile *p, sonde_profile_stack_fn fn,
+				  void *ctx)
+{
+	struct sonde_profile_label extra[SONDE_PROFILE_MAX_EXTRA];
+	struct sonde_profile_labels labels;
+	uint32_t i;
+	int rc;
+
+	for (i = 0; i < p->nstacks; i++) {
+		const struct stack *st = &p->stacks[i];
+
+		labels_of(&p->labelsets[st->labels], &labels, extra);
+		rc = fn(ctx, &labels, &p->frames[st->first], st->n, st->count);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static int merge_stack(void *ctx, const struct sonde_profile_labels *labels,
+		       const struct sonde_profile_frame *frames, uint32_t n, uint64_t count)
+{
+	struct sonde_profile *dst = ctx;
+
+	if (!sonde_profile__wants(dst, labels))
+		return 0;
+	return sonde_profile__add(dst, labels, frames, n, count);
+}
+
+int sonde_profile__merge(struct sonde_profile *dst, const struct sonde_profile *src)
+{
+	return sonde_profile__for_each_stack(src, merge_stack, dst);
 }
 
 /* Encoding: distinct frames become pprof locations once each. */
@@ -308,35 +434,38 @@ static const char *basename_of(const char *path)
 	return slash && slash[1] ? slash + 1 : path;
 }
 
+int sonde_profile_frame_names(const struct sonde_profile_frame *f, struct sonde_symbol_frame *out,
+			      int max, char *unnamed, size_t unnamed_len)
+{
+	uint64_t lookup = f->vaddr - (f->flags & SONDE_PROFILE_FRAME_RETURN ? 1 : 0);
+	int n = sonde_object__symbolize(f->obj, lookup, out, max);
+
+	if (n > 0)
+		return n;
+	snprintf(unnamed, unnamed_len, "%s+0x%llx", basename_of(sonde_object__name(f->obj)),
+		 (unsigned long long)f->vaddr);
+	out[0] = (struct sonde_symbol_frame){ .function = unnamed };
+	return 1;
+}
+
 static uint64_t make_location(struct sonde_pprof *pp, const struct sonde_profile_frame *f)
 {
 	struct sonde_symbol_frame sym[MAX_INLINE];
 	struct sonde_pprof_line lines[MAX_INLINE];
-	const char *name = sonde_object__name(f->obj);
-	uint64_t lookup = f->vaddr - (f->flags & SONDE_PROFILE_FRAME_RETURN ? 1 : 0);
+	char unnamed[320];
 	uint64_t mapping;
 	int n, i;
 
-	mapping = sonde_pprof__mapping(pp, 0, UINT64_MAX, 0, name, sonde_object__build_id(f->obj));
+	mapping = sonde_pprof__mapping(pp, 0, UINT64_MAX, 0, sonde_object__name(f->obj),
+				       sonde_object__build_id(f->obj));
 	if (!mapping)
 		return 0;
-	n = sonde_object__symbolize(f->obj, lookup, sym, MAX_INLINE);
+	n = sonde_profile_frame_names(f, sym, MAX_INLINE, unnamed, sizeof(unnamed));
 	for (i = 0; i < n; i++) {
 		lines[i].function_id = sonde_pprof__function(pp, sym[i].function, sym[i].file);
 		lines[i].line = sym[i].line;
 		if (!lines[i].function_id)
 			return 0;
-	}
-	if (n == 0) {
-		char unnamed[320];
-
-		snprintf(unnamed, sizeof(unnamed), "%s+0x%llx", basename_of(name),
-			 (unsigned long long)f->vaddr);
-		lines[0].function_id = sonde_pprof__function(pp, unnamed, NULL);
-		lines[0].line = 0;
-		if (!lines[0].function_id)
-			return 0;
-		n = 1;
 	}
 	return sonde_pprof__location(pp, mapping, f->vaddr, lines, n);
 }
@@ -371,7 +500,7 @@ int sonde_profile__pprof(struct sonde_profile *p, uint8_t **out, size_t *len)
 	struct sonde_pprof_opts opts = {
 		.period_ns = (int64_t)p->period_ns,
 		.time_ns = p->start_wall_ns,
-		.duration_ns = wall_ns() - p->start_wall_ns,
+		.duration_ns = sonde_profile__end_ns(p) - p->start_wall_ns,
 	};
 	struct location_cache cache = { 0 };
 	struct sonde_pprof *pp;
@@ -391,8 +520,10 @@ int sonde_profile__pprof(struct sonde_profile *p, uint8_t **out, size_t *len)
 	for (i = 0; i < p->nstacks; i++) {
 		const struct stack *s = &p->stacks[i];
 		const struct labelset *ls = &p->labelsets[s->labels];
-		struct sonde_pprof_label labels[4];
-		size_t nl = 0;
+		struct sonde_pprof_label labels[4 + SONDE_PROFILE_MAX_EXTRA];
+		struct sonde_profile_label extra[SONDE_PROFILE_MAX_EXTRA];
+		struct sonde_profile_labels all;
+		size_t nl = 0, k;
 
 		for (j = 0; j < s->n; j++) {
 			ids[j] = location_of(&cache, pp, &p->frames[s->first + j]);
@@ -409,6 +540,10 @@ int sonde_profile__pprof(struct sonde_profile *p, uint8_t **out, size_t *len)
 		if (ls->container_id)
 			labels[nl++] = (struct sonde_pprof_label){ .key = "container_id",
 								   .str = ls->container_id };
+		labels_of(ls, &all, extra);
+		for (k = 0; k < all.nextra; k++)
+			labels[nl++] = (struct sonde_pprof_label){ .key = extra[k].key,
+								   .str = extra[k].value };
 		err = sonde_pprof__sample(pp, ids, s->n, (int64_t)s->count, labels, nl);
 		if (err)
 			goto cleanup;
@@ -420,4 +555,38 @@ cleanup:
 	free(cache.index.slots);
 	sonde_pprof__free(pp);
 	return err;
+}
+
+struct folded_ctx {
+	struct sonde_strbuf *out;
+	char unnamed[320];
+};
+
+static int fold_stack(void *ctx, const struct sonde_profile_labels *labels,
+		      const struct sonde_profile_frame *frames, uint32_t n, uint64_t count)
+{
+	struct folded_ctx *fc = ctx;
+	struct sonde_symbol_frame sym[MAX_INLINE];
+	uint32_t i;
+	int j, k;
+
+	sonde_strbuf__puts(fc->out, labels->comm ? labels->comm : "[unknown]");
+	/* root first: walk the stack from its outermost frame */
+	for (i = n; i-- > 0;) {
+		bool kernel = sonde_object__is_kernel(frames[i].obj);
+
+		k = sonde_profile_frame_names(&frames[i], sym, MAX_INLINE, fc->unnamed,
+					      sizeof(fc->unnamed));
+		for (j = k; j-- > 0;) /* the containing function, then what it inlined */
+			sonde_strbuf__printf(fc->out, ";%s%s", sym[j].function, kernel ? "_[k]" : "");
+	}
+	sonde_strbuf__printf(fc->out, " %llu\n", (unsigned long long)count);
+	return sonde_strbuf__error(fc->out);
+}
+
+int sonde_profile__folded(const struct sonde_profile *p, struct sonde_strbuf *out)
+{
+	struct folded_ctx fc = { .out = out };
+
+	return sonde_profile__for_each_stack(p, fold_stack, &fc);
 }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "profile.h"
+#include "strbuf.h"
 #include "symbolize.h"
 
 struct fixture {
@@ -85,6 +86,32 @@ static void test_interns_stacks_per_label_set(void **state)
 	assert_int_equal(sonde_profile__add(f->p, &app, a, 1, 1), 0);
 	assert_int_equal(sonde_profile__stacks(f->p), 4);
 	assert_int_equal(sonde_profile__samples(f->p), 7);
+
+	/* "" and NULL are the same absent label: no new label set per sample */
+	{
+		struct sonde_profile_labels empty = { .pid = 9, .comm = "app", .container_id = "" };
+		struct sonde_profile_labels null = { .pid = 9, .comm = "app", .exe = "" };
+
+		assert_int_equal(sonde_profile__add(f->p, &empty, a, 2, 1), 0);
+		assert_int_equal(sonde_profile__add(f->p, &empty, a, 2, 1), 0);
+		assert_int_equal(sonde_profile__add(f->p, &null, a, 2, 1), 0);
+		assert_int_equal(sonde_profile__stacks(f->p), 5);
+	}
+	/* extra labels are part of the label set, compared by value */
+	{
+		struct sonde_profile_label team_a[] = { { "team", "a" } }, team_b[] = { { "team", "b" } };
+		char key[] = "team", val[] = "a";
+		struct sonde_profile_label team_a2[] = { { key, val } };
+		struct sonde_profile_labels la = { .pid = 7, .comm = "app", .extra = team_a, .nextra = 1 };
+		struct sonde_profile_labels la2 = { .pid = 7, .comm = "app", .extra = team_a2, .nextra = 1 };
+		struct sonde_profile_labels lb = { .pid = 7, .comm = "app", .extra = team_b, .nextra = 1 };
+
+		assert_int_equal(sonde_profile__add(f->p, &la, a, 2, 1), 0);
+		assert_int_equal(sonde_profile__add(f->p, &la2, a, 2, 1), 0);
+		assert_int_equal(sonde_profile__stacks(f->p), 6);
+		assert_int_equal(sonde_profile__add(f->p, &lb, a, 2, 1), 0);
+		assert_int_equal(sonde_profile__stacks(f->p), 7);
+	}
 
 	sonde_profile__reset(f->p);
 	assert_int_equal(sonde_profile__stacks(f->p), 0);
@@ -188,6 +215,61 @@ static void test_pprof_names_unknown_frames(void **state)
 		fail_msg("unexpected pprof:\n%s", out);
 }
 
+struct count_ctx {
+	uint64_t stacks, samples;
+	char team[8];
+};
+
+static int count_stack(void *ctx, const struct sonde_profile_labels *labels,
+		       const struct sonde_profile_frame *frames, uint32_t n, uint64_t count)
+{
+	struct count_ctx *c = ctx;
+
+	c->stacks++;
+	c->samples += count;
+	if (labels->nextra == 1 && strcmp(labels->extra[0].key, "team") == 0)
+		snprintf(c->team, sizeof(c->team), "%s", labels->extra[0].value);
+	return 0;
+}
+
+static void test_merge_folded_and_iteration(void **state)
+{
+	struct fixture *f = *state;
+	struct sonde_profile_opts only7 = { .period_ns = 10000000, .pid = 7 };
+	struct sonde_profile *dst = sonde_profile__new(&only7);
+	struct sonde_profile_frame st[] = {
+		{ f->lib, 0x1234, 0 },
+		{ f->exe, 0x400, SONDE_PROFILE_FRAME_RETURN },
+	};
+	struct sonde_profile_label team[] = { { "team", "web" } };
+	struct sonde_profile_labels l7 = { .pid = 7, .comm = "app", .extra = team, .nextra = 1 };
+	struct sonde_profile_labels l8 = { .pid = 8, .comm = "other" };
+	struct sonde_strbuf sb = SONDE_STRBUF_INIT;
+	struct count_ctx c = { 0 };
+
+	sonde_profile__reset(f->p);
+	assert_int_equal(sonde_profile__add(f->p, &l7, st, 2, 3), 0);
+	assert_int_equal(sonde_profile__add(f->p, &l8, st, 1, 2), 0);
+	assert_int_equal(sonde_profile__for_each_stack(f->p, count_stack, &c), 0);
+	assert_int_equal(c.stacks, 2);
+	assert_int_equal(c.samples, 5);
+
+	assert_int_equal(sonde_profile__merge(dst, f->p), 0);
+	assert_int_equal(sonde_profile__merge(dst, f->p), 0);
+	assert_int_equal(sonde_profile__stacks(dst), 1);
+	assert_int_equal(sonde_profile__samples(dst), 6);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(sonde_profile__for_each_stack(dst, count_stack, &c), 0);
+	assert_string_equal(c.team, "web");
+
+	/* root first, unnamed frames as module+0xoffset, one line per stack */
+	assert_int_equal(sonde_profile__folded(f->p, &sb), 0);
+	assert_non_null(strstr(sb.data, "app;app+0x400;libgone.so+0x1234 3\n"));
+	assert_non_null(strstr(sb.data, "other;libgone.so+0x1234 2\n"));
+	sonde_strbuf__release(&sb);
+	sonde_profile__free(dst);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -195,6 +277,7 @@ int main(void)
 		cmocka_unit_test(test_filters),
 		cmocka_unit_test_setup_teardown(test_many_distinct_stacks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pprof_names_unknown_frames, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_merge_folded_and_iteration, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
