@@ -33,14 +33,22 @@ SEC("perf_event")
 int sample(struct bpf_perf_event_data *ctx)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	struct sonde_sample *s;
+	__u32 tgid = pid_tgid >> 32, slot = SONDE_UNWINDER_FP;
 	struct sonde_proc_info *info;
-	__u32 slot = SONDE_UNWINDER_FP;
+	struct sonde_sample *s;
 	long n;
 
 	if ((__u32)pid_tgid == 0) { /* the idle task */
 		sonde_stat_inc(SONDE_STAT_SAMPLES_IDLE);
 		return 0;
+	}
+	info = bpf_map_lookup_elem(&procs, &tgid);
+	if (info) {
+		if (info->flags & SONDE_PROC_SKIP) {
+			sonde_stat_inc(SONDE_STAT_SAMPLES_SKIPPED);
+			return 0;
+		}
+		slot = info->unwinder;
 	}
 	s = sonde_scratch();
 	if (!s)
@@ -48,7 +56,7 @@ int sample(struct bpf_perf_event_data *ctx)
 	sonde_stat_inc(SONDE_STAT_SAMPLES);
 
 	s->hdr.type = SONDE_EV_SAMPLE;
-	s->hdr.pid = pid_tgid >> 32;
+	s->hdr.pid = tgid;
 	s->hdr.time_ns = bpf_ktime_get_ns();
 	s->tid = (__u32)pid_tgid;
 	s->cpu = bpf_get_smp_processor_id();
@@ -70,9 +78,6 @@ int sample(struct bpf_perf_event_data *ctx)
 		sonde_stat_inc(SONDE_STAT_KSTACK_TRUNCATED);
 	}
 
-	info = bpf_map_lookup_elem(&procs, &s->hdr.pid);
-	if (info)
-		slot = info->unwinder;
 	bpf_tail_call(ctx, &unwinders, slot);
 	/* Only reached when the slot is empty: fall back to frame pointers. */
 	sonde_stat_inc(SONDE_STAT_TAIL_CALL_FAILED);

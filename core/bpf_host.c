@@ -45,6 +45,7 @@ static const char *const stat_names[SONDE_STAT__COUNT] = {
 	[SONDE_STAT_TAIL_CALL_FAILED] = "unwinder_missing",
 	[SONDE_STAT_PROC_EVENT_DROPS] = "proc_event_ringbuf_full",
 	[SONDE_STAT_SCRATCH_MISSING] = "scratch_missing",
+	[SONDE_STAT_SAMPLES_SKIPPED] = "not_profiled",
 };
 
 const char *sonde_stat_name(enum sonde_stat stat)
@@ -430,9 +431,10 @@ int sonde_bpf_host__add_unwinder(struct sonde_bpf_host *host, int prog_fd)
 	return (int)slot;
 }
 
-int sonde_bpf_host__set_process_unwinder(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot)
+int sonde_bpf_host__set_process(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot,
+				bool profiled)
 {
-	struct sonde_proc_info info = { .unwinder = slot };
+	struct sonde_proc_info info = { .unwinder = slot, .flags = profiled ? 0 : SONDE_PROC_SKIP };
 
 	if (slot >= SONDE_MAX_UNWINDERS || !(host->unwinders_used & (1u << slot)))
 		return -EINVAL;

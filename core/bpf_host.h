@@ -15,6 +15,7 @@
 #ifndef SONDE_BPF_HOST_H
 #define SONDE_BPF_HOST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -59,9 +60,13 @@ const char *sonde_stat_name(enum sonde_stat stat);
  * (1..SONDE_MAX_UNWINDERS-1), or -ENOSPC, or -errno.
  */
 int sonde_bpf_host__add_unwinder(struct sonde_bpf_host *host, int prog_fd);
-/* The unwinder the sampler starts pid's user stack with (slot 0: frame
- * pointers, the default for every process not set here). 0 or -errno. */
-int sonde_bpf_host__set_process_unwinder(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot);
+/*
+ * Whether pid is profiled (if not, the sampler drops its samples before
+ * reading any stack) and the unwinder its user stack starts with (slot 0:
+ * frame pointers, the default for every process not set here). 0 or -errno.
+ */
+int sonde_bpf_host__set_process(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot,
+				bool profiled);
 /* Forgets pid in the procs map (it exited). */
 void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid);
 

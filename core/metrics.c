@@ -39,6 +39,9 @@ static void bpf_metrics(const struct sonde_bpf_host *host, struct sonde_strbuf *
 		s[SONDE_STAT_SAMPLES]);
 	counter(out, "sonde_samples_idle_total", "CPU samples that found the CPU idle.",
 		s[SONDE_STAT_SAMPLES_IDLE]);
+	counter(out, "sonde_samples_not_profiled_total",
+		"CPU samples of processes the script does not profile, dropped in the kernel.",
+		s[SONDE_STAT_SAMPLES_SKIPPED]);
 	family(out, "sonde_samples_dropped_total", "counter",
 	       "Samples lost before userspace saw them, by reason.");
 	sonde_strbuf__printf(out, "sonde_samples_dropped_total{reason=\"%s\"} %llu\n",

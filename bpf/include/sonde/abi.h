@@ -108,11 +108,15 @@ struct sonde_exit_event {
 };
 _Static_assert(sizeof(struct sonde_exit_event) == 16, "struct sonde_exit_event layout");
 
+/* sonde_proc_info.flags */
+#define SONDE_PROC_SKIP (1U << 0) /* not profiled: the sampler drops it at once */
+
 /* Value of the `procs` map (key: tgid), written by userspace: which unwinder
- * a process starts with. A process absent from the map gets frame pointers. */
+ * a process starts with, or that it is not profiled. A process absent from
+ * the map is profiled with frame pointers. */
 struct sonde_proc_info {
 	__u32 unwinder; /* a SONDE_UNWINDER_* slot */
-	__u32 flags;
+	__u32 flags;    /* SONDE_PROC_* */
 };
 _Static_assert(sizeof(struct sonde_proc_info) == 8, "struct sonde_proc_info layout");
 

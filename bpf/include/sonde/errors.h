@@ -9,7 +9,7 @@
 #define SONDE_ERRORS_H
 
 enum sonde_stat {
-	SONDE_STAT_SAMPLES = 0,         /* perf_event samples taken (idle excluded) */
+	SONDE_STAT_SAMPLES = 0,         /* samples taken (idle and not profiled excluded) */
 	SONDE_STAT_SAMPLES_IDLE,        /* samples that hit the idle task, skipped */
 	SONDE_STAT_RINGBUF_DROPS,       /* samples lost: ringbuf full */
 	SONDE_STAT_KSTACK_ERRORS,       /* kernel stack could not be read */
@@ -19,6 +19,7 @@ enum sonde_stat {
 	SONDE_STAT_TAIL_CALL_FAILED,    /* an unwinder slot was empty */
 	SONDE_STAT_PROC_EVENT_DROPS,    /* exec/fork/exit events lost: ringbuf full */
 	SONDE_STAT_SCRATCH_MISSING,     /* per-CPU scratch lookup failed (a bug) */
+	SONDE_STAT_SAMPLES_SKIPPED,     /* samples of processes the script does not profile */
 	SONDE_STAT__COUNT,
 };
 
