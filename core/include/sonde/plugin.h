@@ -10,7 +10,9 @@
  * otherwise, naming the file and both versions.
  *
  * Structs here only grow at their end; each carries its size, so a plugin
- * built against an older minor keeps working.
+ * built against an older minor keeps working. The two that travel as arrays,
+ * struct sonde_plugin_setting and struct sonde_plugin_frame, carry no size
+ * and cannot grow without a new major.
  *
  * Threading: every callback runs on the core's loop thread, never in the
  * sampling path, and must not block (hand slow work to a thread of the
@@ -151,8 +153,9 @@ struct sonde_plugin {
 	size_t settings_size;
 
 	/*
-	 * Starts the plugin; returns its state (opaque to the core), or
-	 * NULL with a one-line reason in err. Required.
+	 * Starts the plugin; returns its state (opaque to the core; any
+	 * non-NULL pointer if it keeps none), or NULL with a one-line reason
+	 * in err. Required.
 	 */
 	void *(*init)(const struct sonde_host_api *api, struct sonde_host *host,
 		      const void *settings, char *err, size_t errlen);
