@@ -1,37 +1,164 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The configuration script (Lua 5.4). For now a script sets the daemon's
- * options by calling:
+ * The Lua 5.4 scripting layer. The configuration is a script; the daemon
+ * keeps it loaded for its whole life (one lua_State per script) and calls it
+ * back: per new process (decide whether and how to profile it, and label it)
+ * and per window (build and publish exports). docs/lua.md is the Lua-side
+ * reference; this header is the C side.
  *
- *   sampling { hz = 19, window = 10 }
- *   http { listen = "127.0.0.1:7470" }      -- or listen = false: no HTTP
- *   output { dir = "/var/lib/sonde/profiles" }
+ * A script runs in a sandbox: only the base (without dofile, loadfile, load,
+ * require, collectgarbage), table, string, math and utf8 libraries, text
+ * chunks only, a memory cap enforced by the allocator and an instruction
+ * budget per call (main chunk and each callback) that pcall cannot swallow.
+ * print and log write to the daemon log. The operator's allow_unsafe opens
+ * os, io, package (require) and load/loadfile/dofile on top.
  *
- * It runs in a sandbox: only the base (without dofile/loadfile/load/
- * require), table, string, math and utf8 libraries, text chunks only, an
- * instruction budget and a memory cap. Options given on the command line
- * win over the script's.
+ * Every error a script makes is a message "FILE:LINE: message" (one line; the
+ * traceback goes to the debug log). A script that fails to load is not
+ * returned; a callback that fails leaves the state usable, is counted in the
+ * stats, and the daemon gets the default answer.
+ *
+ * One sonde_script is used by one thread at a time. Two of them share
+ * nothing, so a reload loads the new script next to the old one and swaps on
+ * success.
  */
 #ifndef SONDE_SCRIPT_H
 #define SONDE_SCRIPT_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
+struct sonde_script;
+
+struct sonde_script_opts {
+	bool allow_unsafe; /* the operator's --unsafe-script: os, io, package, load */
+	size_t memory_cap; /* bytes the Lua state may hold; 0: 32 MiB */
+	long budget;	   /* VM instructions per callback and for the main chunk; 0: 10 million */
+};
+
+/* One setting of a plugin, as text: booleans "true"/"false", numbers as Lua
+ * writes them ("64", "0.5"), strings as they are. */
+struct sonde_script_kv {
+	const char *key, *value;
+};
+
+struct sonde_script_plugin {
+	const char *name;		   /* "unwind-native" */
+	bool required;			   /* the daemon must not start without it */
+	const struct sonde_script_kv *kvs; /* sorted by key; never "required" */
+	size_t nkvs;
+};
+
+/* What the main chunk set. Unset numbers are 0, unset strings NULL. */
 struct sonde_script_config {
-	unsigned int hz;       /* 0: not set by the script */
-	unsigned int window_s; /* 0: not set */
-	bool http_set;
-	char *http_addr;       /* NULL with http_set: no HTTP */
-	char *output_dir;      /* NULL: not set */
+	unsigned int hz;	 /* sampling { hz = } */
+	unsigned int window_s;	 /* sampling { window = } */
+	bool http_set;		 /* http {} was called ... */
+	const char *http_addr;	 /* ... with this address; NULL: listen = false, no HTTP */
+	const char *output_dir;	 /* output { dir = } */
+	const char *export_url;	 /* export { listen = "ipc:///run/sonde/export.ipc" } */
+	const char *control_url; /* control { listen = } */
+	const struct sonde_script_plugin *plugins; /* in declaration order */
+	size_t nplugins;
+	/* unwinders { "unwind-native", ... }: for processes on_process does not
+	 * decide (no callback, `return true`, a table without unwinders, a
+	 * failed callback). Not called: none. */
+	const char *const *default_unwinders;
+	size_t ndefault_unwinders;
 };
 
 /*
- * Runs the script at path and fills cfg. 0, or -EINVAL with the reason in
- * err ("FILE:LINE: message", as Lua reports it) on any error.
+ * Loads the script at path and runs its main chunk. opts may be NULL (all
+ * defaults). NULL with errno set (EINVAL: the script is at fault, the reason
+ * is in err as "FILE:LINE: message": syntax, runtime error, budget, memory, a
+ * bad option, a missing file; ENOMEM: no Lua state could be made).
  */
-int sonde_script_load(const char *path, struct sonde_script_config *cfg, char *err,
-		      size_t errlen);
-void sonde_script_config_free(struct sonde_script_config *cfg);
+struct sonde_script *sonde_script__load(const char *path, const struct sonde_script_opts *opts,
+					char *err, size_t errlen);
+void sonde_script__free(struct sonde_script *s);
+/* Valid until sonde_script__free; the script cannot change it after loading. */
+const struct sonde_script_config *sonde_script__config(const struct sonde_script *s);
+const char *sonde_script__path(const struct sonde_script *s);
+
+/* A process as on_process sees it. Strings may be NULL (nil in Lua). */
+struct sonde_script_process {
+	uint32_t pid, ppid;
+	const char *comm, *exe, *cmdline, *cgroup, *container_id;
+};
+
+struct sonde_script_label {
+	const char *key, *value;
+};
+
+#define SONDE_SCRIPT_MAX_UNWINDERS 8
+#define SONDE_SCRIPT_MAX_LABELS	   16
+
+/* Strings are valid until the next call into this script (decide, window,
+ * free). */
+struct sonde_script_decision {
+	bool profile; /* false: the process is not profiled at all */
+	const char *unwinders[SONDE_SCRIPT_MAX_UNWINDERS]; /* names, in order */
+	size_t nunwinders;
+	struct sonde_script_label labels[SONDE_SCRIPT_MAX_LABELS]; /* sorted by key */
+	size_t nlabels;
+};
+
+/*
+ * Asks on_process about a new process. Without a callback: profile, the
+ * default unwinders, no labels. 0, or -EINVAL when the callback failed (an
+ * error, the budget, the memory cap, a bad return value): the message is in
+ * sonde_script__last_error, the failure is counted, and *out holds the
+ * default decision (profiled with the default unwinders).
+ */
+int sonde_script__decide(struct sonde_script *s, const struct sonde_script_process *p,
+			 struct sonde_script_decision *out);
+
+struct sonde_script_stack {
+	uint64_t count;
+	const struct sonde_script_label *labels;
+	size_t nlabels;
+	const char *const *frames; /* function names, leaf first; NULL entries read "?" */
+	size_t nframes;
+};
+
+struct sonde_script_window {
+	double start;	 /* seconds since the epoch */
+	double duration; /* seconds */
+	uint64_t samples;
+	const struct sonde_script_stack *stacks;
+	size_t nstacks;
+};
+
+/* Called for each publish(topic, table) of on_window, with the table as
+ * msgpack. 0, or -errno (the script's publish then returns nil and the
+ * error's text, it does not fail). */
+typedef int (*sonde_script_publish_fn)(void *ctx, const char *topic, const void *msgpack,
+				       size_t len);
+
+/* Whether the script has an on_window callback: only then does the daemon
+ * need to build a sonde_script_window. */
+bool sonde_script__wants_windows(const struct sonde_script *s);
+
+/*
+ * Calls on_window(w). w and everything it points to need only live for the
+ * call: the script sees w.stacks built from it on first access, and an access
+ * after the call is an error. publish may be NULL (the script's publish then
+ * returns nil, "publishing is off"). 0 (also without a callback), or -EINVAL
+ * as for sonde_script__decide.
+ */
+int sonde_script__window(struct sonde_script *s, const struct sonde_script_window *w,
+			 sonde_script_publish_fn publish, void *ctx);
+
+/* The last callback failure, "FILE:LINE: message"; "" if none yet. Valid
+ * until the next call into this script. */
+const char *sonde_script__last_error(const struct sonde_script *s);
+
+struct sonde_script_stats {
+	uint64_t errors;	  /* failed callbacks, whatever the cause */
+	uint64_t budget_overruns; /* of those, the ones the instruction budget stopped */
+	uint64_t memory_overruns; /* of those, the ones during which the memory cap refused */
+};
+void sonde_script__stats(const struct sonde_script *s, struct sonde_script_stats *out);
 
 #endif /* SONDE_SCRIPT_H */

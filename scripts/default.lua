@@ -1,6 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- What `scripts/run` starts sonded with. Options given on sonded's command
--- line win over these.
+-- line win over these. Everything a script can do: docs/lua.md, with the
+-- examples of scripts/examples/.
 
 -- 19 samples per second on every CPU (a prime, so sampling never falls in
 -- step with periodic work), aggregated into 10-second windows.
