@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Lua values <-> msgpack, the one place that decides how a script's value
+ * looks on the wire (export messages, control replies) and how a msgpack
+ * document looks to a script.
+ *
+ * Lua -> msgpack (sonde_lua_to_msgpack):
+ *   nil                 -> nil
+ *   boolean             -> bool
+ *   integer subtype     -> int, smallest encoding (positive fixint .. int64;
+ *                          non-negative values use the uint formats)
+ *   float subtype       -> float64, always, even 1.0, -0.0, NaN and inf
+ *                          (Lua 5.4 keeps the integer/float distinction, so
+ *                          the script decides: 1 is an int, 1.0 a float)
+ *   string              -> str, byte for byte. Lua strings are byte strings:
+ *                          NULs and bytes that are not valid UTF-8 are still
+ *                          sent as str, unchanged; receivers must not assume
+ *                          valid UTF-8.
+ *   table, keys exactly 1..n (n >= 1, no holes, nothing else)
+ *                       -> array of n elements, in order
+ *   empty table         -> empty map (a script cannot say "empty array";
+ *                          receivers should treat {} and [] alike)
+ *   any other table     -> map; every key must be a string or an integer,
+ *                          any other key is an error naming its type. Map
+ *                          order is unspecified (lua_next order).
+ *   function, userdata, thread -> error naming the type and the path,
+ *                          e.g. "labels.team: cannot send a function"
+ * Tables are read raw: metatables (__index, __pairs) are ignored. Nesting
+ * deeper than SONDE_LUA_MSGPACK_MAX_DEPTH tables is an error, and so is a
+ * table that contains itself (a cycle); the same table reached twice by
+ * different keys is fine and is encoded twice.
+ *
+ * msgpack -> Lua (sonde_msgpack_to_lua):
+ *   nil -> nil; bool -> boolean; str and bin -> string;
+ *   int -> integer; uint above INT64_MAX -> float (rounded: Lua has no
+ *   uint64, and a float keeps the magnitude);
+ *   float32, float64 -> float;
+ *   array -> table 1..n; map -> table, duplicate keys: the last one wins.
+ *   Map keys must be str, bin or int (the same keys Lua -> msgpack makes);
+ *   a nil, bool, float, array, map or ext key is an error. ext anywhere is
+ *   an error. Nesting deeper than SONDE_LUA_MSGPACK_MAX_DEPTH is an error.
+ *   A nil inside a container is dropped by Lua itself: {"a": nil} becomes
+ *   {} and [1, nil, 3] a table with keys 1 and 3, which converts back as a
+ *   map. Everything else survives a round trip unchanged except map order.
+ *
+ * Paths in error messages: string keys joined by '.', integer keys as
+ * [n], e.g. "stacks[2].labels.pid"; no path (and no "path: " prefix) for
+ * the top-level value. err is always NUL-terminated when errlen > 0; it may
+ * be NULL when errlen is 0.
+ *
+ * Threading: both functions use only L and the given packer/object; one
+ * thread per lua_State, as Lua requires. Neither raises a Lua error except
+ * on memory exhaustion inside Lua itself (lua_createtable, lua_pushlstring),
+ * which propagates as a Lua error like any allocation failure in the
+ * caller's protected call.
+ */
+#ifndef SONDE_LUA_MSGPACK_H
+#define SONDE_LUA_MSGPACK_H
+
+#include <stddef.h>
+
+#include <lua.h>
+#include <msgpack.h>
+
+/* Tables (or msgpack containers) nested deeper than this are refused. */
+#define SONDE_LUA_MSGPACK_MAX_DEPTH 32
+
+/*
+ * Packs the value at index into pk. The Lua stack is left as it was.
+ * Returns 0, or:
+ *   -EINVAL  a value or key that cannot be sent (err says which and where)
+ *   -ELOOP   a table that contains itself
+ *   -E2BIG   nesting deeper than SONDE_LUA_MSGPACK_MAX_DEPTH, or a string
+ *            or table too large for msgpack (2^32 - 1)
+ *   -ENOMEM  the packer's writer failed, or the Lua stack could not grow
+ * On error the bytes already written to pk are a partial document: the
+ * caller discards them (for an sbuffer, reset its size to what it was).
+ */
+int sonde_lua_to_msgpack(lua_State *L, int index, msgpack_packer *pk, char *err, size_t errlen);
+
+/*
+ * Pushes obj converted to a Lua value. Returns 0 with exactly one value
+ * pushed, or a negative errno with nothing pushed:
+ *   -EINVAL  an ext, or a map key that is not str, bin or int
+ *   -E2BIG   nesting deeper than SONDE_LUA_MSGPACK_MAX_DEPTH
+ *   -ENOMEM  the Lua stack could not grow
+ * obj is only read; it belongs to the caller (usually a msgpack_zone).
+ */
+int sonde_msgpack_to_lua(lua_State *L, const msgpack_object *obj, char *err, size_t errlen);
+
+#endif /* SONDE_LUA_MSGPACK_H */
