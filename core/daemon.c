@@ -10,50 +10,37 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "bpf_host.h"
+#include "control.h"
+#include "daemon_priv.h"
+#include "export.h"
 #include "http.h"
 #include "log.h"
 #include "loop.h"
-#include "metrics.h"
+#include "plugin.h"
+#include "policy.h"
 #include "proc.h"
-#include "profile.h"
+#include "publish.h"
+#include "script.h"
 #include "sideband.h"
-#include "sonde/abi.h"
+#include "store.h"
 #include "strbuf.h"
 #include "symbolize.h"
 
 #define DRAIN_INTERVAL_MS 100
-#define MAX_PROFILE_SECONDS 3600
+#define GRACE_NS (30ULL * 1000000000ULL) /* how long exited processes are remembered */
+#define STORE_RETENTION_NS (15ULL * 60 * 1000000000ULL)
+#define STORE_MAX_BYTES (16u << 20)
 
-struct pending_profile {
-	struct sonde_daemon *d;
-	struct sonde_http_conn *conn;
-	struct sonde_profile *profile;
-	struct sonde_loop_timer *timer;
-	struct pending_profile *next;
-};
-
-struct sonde_daemon {
-	const struct sonde_daemon_opts *opts;
-	struct sonde_loop *loop;
-	struct sonde_symbolizer *sym;
-	struct sonde_object *kernel;
-	struct sonde_object *unknown;
-	struct sonde_procs *procs;
-	struct sonde_sideband *sideband;
-	struct sonde_bpf_host *host;
-	struct sonde_http *http;
-	struct sonde_profile *window;
-	struct pending_profile *pending;
-	struct sonde_loop_timer *drain_timer, *window_timer;
-	int sigfd;
-	struct sonde_daemon_counters counters;
-	struct sonde_profile_frame frames[SONDE_MAX_FRAMES];
-};
+uint64_t daemon_period_ns(const struct sonde_daemon *d)
+{
+	return 1000000000ULL / d->cfg.hz;
+}
 
 /* ---- samples ---------------------------------------------------------- */
 
@@ -96,9 +83,21 @@ static void add_to_profiles(struct sonde_daemon *d, const struct sonde_profile_l
 			d->counters.samples_lost_memory++;
 }
 
+/* The decision for a process first seen through one of its samples. */
+static const struct sonde_policy_entry *policy_of(struct sonde_daemon *d, struct sonde_proc *proc)
+{
+	const struct sonde_policy_entry *pe = sonde_policy__get(d->policy, proc->pid);
+
+	if (pe)
+		return pe;
+	sonde_policy__decide(d->policy, proc);
+	return sonde_policy__get(d->policy, proc->pid);
+}
+
 static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, size_t size)
 {
 	struct sonde_profile_labels labels = { .pid = s->hdr.pid };
+	const struct sonde_policy_entry *pe = NULL;
 	struct sonde_proc *proc;
 	char comm[SONDE_COMM_LEN + 1];
 	uint32_t n = 0, i;
@@ -115,11 +114,18 @@ static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, 
 		labels.comm = proc->comm;
 		labels.exe = proc->exe;
 		labels.container_id = proc->container_id;
+		pe = policy_of(d, proc);
 	} else {
 		memcpy(comm, s->comm, SONDE_COMM_LEN);
 		comm[SONDE_COMM_LEN] = '\0';
 		labels.comm = comm;
 		d->counters.samples_unknown_process++;
+	}
+	if (pe) {
+		if (!pe->profiled) /* sampled before the kernel learnt it */
+			return;
+		labels.extra = pe->labels;
+		labels.nextra = pe->nlabels;
 	}
 	for (i = 0; i < s->kstack_len; i++)
 		d->frames[n++] = (struct sonde_profile_frame){
@@ -133,6 +139,49 @@ static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, 
 	add_to_profiles(d, &labels, n);
 }
 
+static void publish_proc(struct sonde_daemon *d, uint32_t pid, bool exited)
+{
+	struct sonde_proc *proc = sonde_procs__get(d->procs, pid);
+
+	if (proc && d->publisher)
+		sonde_publisher__proc(d->publisher, proc, sonde_policy__get(d->policy, pid), exited);
+}
+
+static void handle_lifecycle(struct sonde_daemon *d, const struct sonde_event_hdr *hdr,
+			     size_t size)
+{
+	struct sonde_proc *proc;
+
+	switch (hdr->type) {
+	case SONDE_EV_EXEC:
+		if (size < sizeof(struct sonde_exec_event))
+			break;
+		sonde_procs__on_exec(d->procs, (const void *)hdr);
+		proc = sonde_procs__get(d->procs, hdr->pid);
+		if (proc)
+			sonde_policy__decide(d->policy, proc);
+		publish_proc(d, hdr->pid, false);
+		return;
+	case SONDE_EV_FORK:
+		if (size < sizeof(struct sonde_fork_event))
+			break;
+		sonde_procs__on_fork(d->procs, (const void *)hdr);
+		proc = sonde_procs__get(d->procs, hdr->pid);
+		if (proc)
+			sonde_policy__decide(d->policy, proc);
+		publish_proc(d, hdr->pid, false);
+		return;
+	case SONDE_EV_EXIT:
+		if (size < sizeof(struct sonde_exit_event))
+			break;
+		publish_proc(d, hdr->pid, true);
+		sonde_procs__on_exit(d->procs, (const void *)hdr);
+		sonde_policy__exited(d->policy, hdr->pid, hdr->time_ns);
+		return;
+	}
+	d->counters.records_malformed++;
+}
+
 static int on_event(void *ctx, void *data, size_t size)
 {
 	struct sonde_daemon *d = ctx;
@@ -142,30 +191,15 @@ static int on_event(void *ctx, void *data, size_t size)
 		d->counters.records_malformed++;
 		return 0;
 	}
-	switch (hdr->type) {
-	case SONDE_EV_SAMPLE:
+	if (hdr->type == SONDE_EV_SAMPLE)
 		handle_sample(d, data, size);
-		break;
-	case SONDE_EV_EXEC:
-		if (size >= sizeof(struct sonde_exec_event))
-			sonde_procs__on_exec(d->procs, data);
-		break;
-	case SONDE_EV_FORK:
-		if (size >= sizeof(struct sonde_fork_event))
-			sonde_procs__on_fork(d->procs, data);
-		break;
-	case SONDE_EV_EXIT:
-		if (size >= sizeof(struct sonde_exit_event))
-			sonde_procs__on_exit(d->procs, data);
-		break;
-	default:
-		d->counters.records_malformed++;
-	}
+	else
+		handle_lifecycle(d, hdr, size);
 	return 0;
 }
 
 /* Side-band first: a sample must never meet an address space older than itself. */
-static void drain(struct sonde_daemon *d)
+void daemon_drain(struct sonde_daemon *d)
 {
 	int n;
 
@@ -181,7 +215,7 @@ static void drain(struct sonde_daemon *d)
 
 static void on_ring(void *ctx, int fd, uint32_t revents)
 {
-	drain(ctx);
+	daemon_drain(ctx);
 }
 
 static void on_sideband(void *ctx, int fd, uint32_t revents)
@@ -193,7 +227,7 @@ static void on_sideband(void *ctx, int fd, uint32_t revents)
 
 static void on_drain_timer(void *ctx)
 {
-	drain(ctx);
+	daemon_drain(ctx);
 }
 
 /* ---- windows ---------------------------------------------------------- */
@@ -243,26 +277,43 @@ static void write_window(struct sonde_daemon *d)
 	strftime(name, sizeof(name), "cpu-%Y%m%dT%H%M%SZ.pb.gz", &tm);
 	err = sonde_profile__pprof(d->window, &data, &len);
 	if (!err)
-		err = write_file(d->opts->output_dir, name, data, len);
+		err = write_file(d->cfg.output_dir, name, data, len);
 	free(data);
 	if (err) {
 		d->counters.window_write_errors++;
-		sonde_warn("cannot write the profile window %s/%s: %s", d->opts->output_dir, name,
+		sonde_warn("cannot write the profile window %s/%s: %s", d->cfg.output_dir, name,
 			   strerror(-err));
 		return;
 	}
 	d->counters.windows_written++;
-	sonde_debug("wrote %s/%s (%zu bytes, %llu samples)", d->opts->output_dir, name, len,
+	sonde_debug("wrote %s/%s (%zu bytes, %llu samples)", d->cfg.output_dir, name, len,
 		    (unsigned long long)sonde_profile__samples(d->window));
 }
 
+/* Ends the window: files, exports and the script, then the store keeps it. */
 static void flush_window(struct sonde_daemon *d)
 {
-	drain(d);
-	if (d->opts->output_dir)
+	struct sonde_profile_opts opts = { .period_ns = daemon_period_ns(d) };
+	struct sonde_profile *next;
+	int err;
+
+	daemon_drain(d);
+	sonde_profile__close(d->window);
+	if (d->cfg.output_dir)
 		write_window(d);
-	sonde_profile__reset(d->window);
+	err = sonde_publisher__window(d->publisher, d->window, daemon_period_ns(d), d->script);
+	if (err == -EINVAL && d->script)
+		sonde_warn("script: on_window: %s", sonde_script__last_error(d->script));
+	next = sonde_profile__new(&opts);
+	if (next) {
+		if (sonde_store__push(d->store, d->window))
+			sonde_debug("the store is out of memory: window dropped");
+		d->window = next;
+	} else {
+		sonde_profile__reset(d->window); /* keep sampling, lose the history */
+	}
 	sonde_procs__reap(d->procs, sonde_now_ns());
+	sonde_policy__reap(d->policy, sonde_now_ns(), GRACE_NS);
 }
 
 static void on_window_timer(void *ctx)
@@ -270,9 +321,9 @@ static void on_window_timer(void *ctx)
 	flush_window(ctx);
 }
 
-/* ---- HTTP ------------------------------------------------------------- */
+/* ---- pending profiles ------------------------------------------------- */
 
-static void forget_pending(struct sonde_daemon *d, struct pending_profile *target)
+void daemon_pending_forget(struct sonde_daemon *d, struct pending_profile *target)
 {
 	struct pending_profile **pp;
 
@@ -287,141 +338,121 @@ static void forget_pending(struct sonde_daemon *d, struct pending_profile *targe
 	free(target);
 }
 
-static void on_profile_client_gone(void *ctx)
-{
-	struct pending_profile *p = ctx;
-
-	forget_pending(p->d, p);
-}
-
-static void on_profile_due(void *ctx)
+static void on_pending_due(void *ctx)
 {
 	struct pending_profile *p = ctx;
 	struct sonde_daemon *d = p->d;
-	uint8_t *data = NULL;
-	size_t len = 0;
-	int err;
 
-	drain(d);
-	err = sonde_profile__pprof(p->profile, &data, &len);
-	if (err)
-		sonde_http_conn__error(p->conn, 500, "cannot encode the profile");
-	else
-		sonde_http_conn__respond(p->conn, 200, "application/octet-stream", data, len);
-	free(data);
-	forget_pending(d, p);
+	daemon_drain(d);
+	sonde_profile__close(p->profile);
+	p->done(p);
+	daemon_pending_forget(d, p);
 }
 
-static void serve_profile(struct sonde_daemon *d, struct sonde_http_conn *conn, const char *query)
+struct pending_profile *daemon_pending_new(struct sonde_daemon *d, unsigned long seconds,
+					   const struct sonde_profile_opts *filter,
+					   void (*done)(struct pending_profile *p))
 {
-	struct sonde_profile_opts opts = { .period_ns = 1000000000ULL / d->opts->hz };
-	char value[64], comm[SONDE_COMM_LEN];
-	unsigned long seconds = 30, pid = 0;
-	struct pending_profile *p;
-	char *end;
-	int r;
+	struct sonde_profile_opts opts = *filter;
+	struct pending_profile *p = calloc(1, sizeof(*p));
 
-	r = sonde_http_query_get(query, "seconds", value, sizeof(value));
-	if (r == 1) {
-		errno = 0;
-		seconds = strtoul(value, &end, 10);
-		if (errno || end == value || *end || seconds < 1 || seconds > MAX_PROFILE_SECONDS) {
-			sonde_http_conn__error(conn, 400, "seconds must be a whole number from 1 to 3600");
-			return;
-		}
-	}
-	r = sonde_http_query_get(query, "pid", value, sizeof(value));
-	if (r == 1) {
-		errno = 0;
-		pid = strtoul(value, &end, 10);
-		if (errno || end == value || *end || pid < 1 || pid > UINT32_MAX) {
-			sonde_http_conn__error(conn, 400, "pid must be a process id");
-			return;
-		}
-		opts.pid = pid;
-	}
-	r = sonde_http_query_get(query, "comm", comm, sizeof(comm));
-	if (r < 0) {
-		sonde_http_conn__error(conn, 400, "comm must be a command name of at most 15 bytes");
-		return;
-	}
-	if (r == 1)
-		opts.comm = comm;
-
-	p = calloc(1, sizeof(*p));
 	if (!p)
-		goto fail;
+		return NULL;
+	opts.period_ns = daemon_period_ns(d);
 	p->d = d;
-	p->conn = conn;
+	p->done = done;
 	p->profile = sonde_profile__new(&opts);
-	if (!p->profile)
-		goto fail;
-	p->timer = sonde_loop__add_timer(d->loop, seconds * 1000, 0, on_profile_due, p);
-	if (!p->timer)
-		goto fail;
+	if (p->profile)
+		p->timer = sonde_loop__add_timer(d->loop, seconds * 1000, 0, on_pending_due, p);
+	if (!p->timer) {
+		sonde_profile__free(p->profile);
+		free(p);
+		return NULL;
+	}
 	p->next = d->pending;
 	d->pending = p;
-	sonde_http_conn__defer(conn, on_profile_client_gone, p);
-	return;
-fail:
-	if (p)
-		sonde_profile__free(p->profile);
-	free(p);
-	sonde_http_conn__error(conn, 503, "out of memory");
+	return p;
 }
 
-static void serve_metrics(struct sonde_daemon *d, struct sonde_http_conn *conn)
+/* ---- the script ------------------------------------------------------- */
+
+static struct sonde_script *load_script(const struct sonde_daemon_opts *opts, char *err,
+					size_t errlen)
 {
-	struct sonde_strbuf sb = SONDE_STRBUF_INIT;
-	struct sonde_metrics_sources src = {
-		.host = d->host,
-		.sym = d->sym,
-		.procs = d->procs,
-		.sideband = d->sideband,
-		.counters = &d->counters,
-	};
+	struct sonde_script_opts so = { .allow_unsafe = opts->unsafe_script };
 
-	sonde_metrics_write(&src, &sb);
-	if (sonde_strbuf__error(&sb))
-		sonde_http_conn__error(conn, 503, "out of memory");
-	else
-		sonde_http_conn__respond(conn, 200, "text/plain; version=0.0.4; charset=utf-8",
-					 sb.data, sb.len);
-	sonde_strbuf__release(&sb);
+	return sonde_script__load(opts->script, &so, err, errlen);
 }
 
-static const char index_page[] =
-	"sonded " SONDE_VERSION "\n"
-	"\n"
-	"/metrics                 Prometheus self metrics\n"
-	"/debug/pprof/profile     CPU profile of the node: ?seconds=N (default 30),\n"
-	"                         &pid=N or &comm=NAME to narrow it;\n"
-	"                         go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=10\n";
+/* The command line wins over the script, the script over the defaults. */
+static void merge_config(struct sonde_daemon *d)
+{
+	const struct sonde_daemon_opts *o = d->opts;
+	const struct sonde_script_config *sc = d->script ? sonde_script__config(d->script) : NULL;
 
-static void on_http(void *ctx, struct sonde_http_conn *conn, const struct sonde_http_request *req)
+	d->cfg.hz = o->hz ? o->hz : sc && sc->hz ? sc->hz : 19;
+	d->cfg.window_s = o->window_s ? o->window_s : sc && sc->window_s ? sc->window_s : 10;
+	d->cfg.output_dir = o->output_dir ? o->output_dir : sc ? sc->output_dir : NULL;
+	d->cfg.http_addr = o->http_set ? o->http_addr
+			   : sc && sc->http_set ? sc->http_addr
+						: "127.0.0.1:7470";
+	d->cfg.export_url = o->export_set ? o->export_url
+			    : sc && sc->export_url ? sc->export_url
+						   : SONDE_EXPORT_DEFAULT_URL;
+	d->cfg.control_url = o->control_set ? o->control_url
+			     : sc && sc->control_url ? sc->control_url
+						     : SONDE_CONTROL_URL_DEFAULT;
+}
+
+static void redecide(void *ctx, struct sonde_proc *proc)
 {
 	struct sonde_daemon *d = ctx;
 
-	if (strcmp(req->path, "/metrics") == 0)
-		serve_metrics(d, conn);
-	else if (strcmp(req->path, "/debug/pprof/profile") == 0)
-		serve_profile(d, conn, req->query);
-	else if (strcmp(req->path, "/") == 0 || strcmp(req->path, "/debug/pprof/") == 0)
-		sonde_http_conn__respond(conn, 200, NULL, index_page, sizeof(index_page) - 1);
-	else
-		sonde_http_conn__error(conn, 404, "not found: see / for what sonded serves");
+	if (!proc->exit_ns)
+		sonde_policy__decide(d->policy, proc);
 }
 
-/* ---- signals, start-up, shutdown -------------------------------------- */
+int daemon_reload(struct sonde_daemon *d, char *err, size_t errlen)
+{
+	const struct sonde_script_config *now, *next_cfg;
+	struct sonde_script *next;
+
+	if (!d->opts->script) {
+		snprintf(err, errlen, "sonded runs without a script (--script FILE)");
+		return -ENOENT;
+	}
+	next = load_script(d->opts, err, errlen);
+	if (!next) {
+		d->script_reload_failures++;
+		return -errno;
+	}
+	now = d->script ? sonde_script__config(d->script) : NULL;
+	next_cfg = sonde_script__config(next);
+	if (now && (now->hz != next_cfg->hz || now->window_s != next_cfg->window_s ||
+		    now->nplugins != next_cfg->nplugins))
+		sonde_warn("script %s: sampling and plugins take effect at the next start",
+			   d->opts->script);
+	sonde_policy__set_script(d->policy, next);
+	sonde_script__free(d->script);
+	d->script = next;
+	sonde_procs__for_each(d->procs, redecide, d);
+	d->script_reloads++;
+	sonde_info("reloaded %s", d->opts->script);
+	return 0;
+}
+
+/* ---- signals ---------------------------------------------------------- */
 
 static void on_signal(void *ctx, int fd, uint32_t revents)
 {
 	struct sonde_daemon *d = ctx;
 	struct signalfd_siginfo si;
+	char err[512];
 
 	while (read(fd, &si, sizeof(si)) == sizeof(si)) {
 		if (si.ssi_signo == SIGHUP) {
-			sonde_info("SIGHUP: nothing to reload yet");
+			if (daemon_reload(d, err, sizeof(err)))
+				sonde_err("reload failed, the old script stays: %s", err);
 			continue;
 		}
 		sonde_info("%s: flushing the window and stopping", strsignal(si.ssi_signo));
@@ -447,91 +478,205 @@ static int setup_signals(struct sonde_daemon *d)
 	return sonde_loop__add_fd(d->loop, d->sigfd, EPOLLIN, on_signal, d);
 }
 
+/* ---- start-up and shutdown -------------------------------------------- */
+
 static void daemon_free(struct sonde_daemon *d)
 {
 	while (d->pending) {
-		sonde_http_conn__error(d->pending->conn, 503, "sonded is stopping");
-		forget_pending(d, d->pending);
+		struct pending_profile *p = d->pending;
+
+		if (p->conn)
+			sonde_http_conn__error(p->conn, 503, "sonded is stopping");
+		if (p->req)
+			sonde_control_req__fail(p->req, "sonded is stopping");
+		daemon_pending_forget(d, p);
 	}
+	sonde_control__free(d->control);
 	sonde_http__free(d->http);
+	sonde_publisher__free(d->publisher);
+	sonde_export__free(d->export);
+	sonde_policy__free(d->policy);
+	sonde_plugins__free(d->plugins);
 	sonde_bpf_host__free(d->host);
 	sonde_sideband__free(d->sideband);
+	sonde_store__free(d->store);
 	sonde_profile__free(d->window);
 	sonde_procs__free(d->procs);
 	sonde_symbolizer__free(d->sym);
+	sonde_script__free(d->script);
 	if (d->sigfd >= 0)
 		close(d->sigfd);
 	sonde_loop__free(d->loop);
 	free(d);
 }
 
+/* Loads the plugins the script names; a required one that fails stops the start. */
+static int load_plugins(struct sonde_daemon *d)
+{
+	const struct sonde_script_config *sc = d->script ? sonde_script__config(d->script) : NULL;
+	struct sonde_plugin_services svc = {
+		.loop = d->loop,
+		.bpf = d->host,
+		.plugin_dir = d->opts->plugin_dir ? d->opts->plugin_dir : SONDE_PLUGIN_DIR,
+	};
+	struct sonde_plugin_kv kvs[64];
+	char err[512];
+	size_t i, k;
+	int rc;
+
+	d->plugins = sonde_plugins__new(&svc);
+	if (!d->plugins)
+		return -errno;
+	for (i = 0; sc && i < sc->nplugins; i++) {
+		const struct sonde_script_plugin *sp = &sc->plugins[i];
+
+		for (k = 0; k < sp->nkvs && k < 64; k++)
+			kvs[k] = (struct sonde_plugin_kv){ sp->kvs[k].key, sp->kvs[k].value };
+		rc = sonde_plugins__load(d->plugins, sp->name, kvs, k, err, sizeof(err));
+		if (!rc) {
+			sonde_info("plugin %s loaded", sp->name);
+			continue;
+		}
+		if (sp->required) {
+			sonde_err("%s (the script requires plugin %s)", err, sp->name);
+			return rc;
+		}
+		sonde_warn("%s: going on without plugin %s", err, sp->name);
+	}
+	return 0;
+}
+
+static int open_sockets(struct sonde_daemon *d)
+{
+	struct sonde_control_handlers handlers = { .ctx = d, .handle = daemon_on_control };
+	char err[512];
+	int rc;
+
+	if (d->cfg.http_addr) {
+		d->http = sonde_http__new(d->loop, d->cfg.http_addr, daemon_on_http, d);
+		if (!d->http) {
+			rc = -errno;
+			sonde_err("cannot listen on %s: %s%s", d->cfg.http_addr, strerror(-rc),
+				  rc == -EADDRINUSE ? " (another sonded running? choose --http ADDR)"
+						    : "");
+			return rc;
+		}
+	}
+	if (d->cfg.export_url && strcmp(d->cfg.export_url, "none") != 0) {
+		d->export = sonde_export__new(d->cfg.export_url, err, sizeof(err));
+		if (!d->export) {
+			sonde_err("export socket: %s (--export URL or 'none' chooses another)", err);
+			return -EINVAL;
+		}
+	}
+	if (d->cfg.control_url && strcmp(d->cfg.control_url, "none") != 0) {
+		d->control = sonde_control__new(d->loop, d->cfg.control_url, &handlers, err,
+						sizeof(err));
+		if (!d->control) {
+			sonde_err("control socket: %s (--control URL or 'none' chooses another)", err);
+			return -EINVAL;
+		}
+	}
+	return 0;
+}
+
+static void decide_at_start(void *ctx, struct sonde_proc *proc)
+{
+	struct sonde_daemon *d = ctx;
+
+	sonde_policy__decide(d->policy, proc);
+}
+
 static int daemon_start(struct sonde_daemon *d)
 {
-	struct sonde_bpf_host_opts host_opts = {
-		.hz = d->opts->hz,
-		.on_event = on_event,
-		.ctx = d,
-	};
-	struct sonde_profile_opts window_opts = { .period_ns = 1000000000ULL / d->opts->hz };
-	int err;
+	struct sonde_bpf_host_opts host_opts = { .on_event = on_event, .ctx = d };
+	struct sonde_profile_opts window_opts;
+	char err[512];
+	int rc;
+
+	if (d->opts->script) {
+		d->script = load_script(d->opts, err, sizeof(err));
+		if (!d->script) {
+			sonde_err("%s", err);
+			return -EINVAL;
+		}
+	}
+	merge_config(d);
+	if (d->cfg.output_dir) {
+		struct stat st;
+
+		if (stat(d->cfg.output_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+			sonde_err("output directory %s: not a directory", d->cfg.output_dir);
+			return -ENOTDIR;
+		}
+	}
+	window_opts = (struct sonde_profile_opts){ .period_ns = daemon_period_ns(d) };
+	host_opts.hz = d->cfg.hz;
 
 	d->loop = sonde_loop__new();
 	d->sym = sonde_symbolizer__new(NULL);
 	d->window = sonde_profile__new(&window_opts);
-	if (!d->loop || !d->sym || !d->window)
+	d->store = sonde_store__new(STORE_RETENTION_NS, STORE_MAX_BYTES);
+	if (!d->loop || !d->sym || !d->window || !d->store)
 		goto nomem;
 	d->kernel = sonde_symbolizer__kernel(d->sym);
 	d->unknown = sonde_symbolizer__unknown(d->sym);
 	d->procs = sonde_procs__new(d->sym, NULL);
 	if (!d->kernel || !d->unknown || !d->procs)
 		goto nomem;
-	err = setup_signals(d);
-	if (err) {
-		sonde_err("cannot set up signal handling: %s", strerror(-err));
-		return err;
+	rc = setup_signals(d);
+	if (rc) {
+		sonde_err("cannot set up signal handling: %s", strerror(-rc));
+		return rc;
 	}
 
 	d->host = sonde_bpf_host__load(&host_opts);
 	if (!d->host)
 		return -errno;
+	rc = load_plugins(d);
+	if (rc)
+		return rc;
+	d->policy = sonde_policy__new(d->host, d->plugins);
+	if (!d->policy)
+		goto nomem;
+	sonde_policy__set_script(d->policy, d->script);
+	if (!d->opts->check) {
+		rc = open_sockets(d);
+		if (rc)
+			return rc;
+	}
+	d->publisher = sonde_publisher__new(d->export);
+	if (!d->publisher)
+		goto nomem;
+
 	/* Side-band before the /proc scan: nothing mapped in between is missed. */
 	d->sideband = sonde_sideband__new(d->procs, 0);
 	if (!d->sideband)
 		sonde_warn("perf side-band records are unavailable (%s): short-lived processes "
 			   "may keep unnamed frames",
 			   strerror(errno));
-	err = sonde_procs__scan(d->procs);
-	if (err)
-		sonde_warn("cannot scan /proc: %s", strerror(-err));
-	err = sonde_bpf_host__attach(d->host);
-	if (err)
-		return err;
+	rc = sonde_procs__scan(d->procs);
+	if (rc)
+		sonde_warn("cannot scan /proc: %s", strerror(-rc));
+	sonde_procs__for_each(d->procs, decide_at_start, d);
+	rc = sonde_bpf_host__attach(d->host);
+	if (rc)
+		return rc;
 
-	err = sonde_loop__add_fd(d->loop, sonde_bpf_host__ring_fd(d->host), EPOLLIN, on_ring, d);
-	if (!err && d->sideband)
-		err = sonde_loop__add_fd(d->loop, sonde_sideband__fd(d->sideband), EPOLLIN,
-					 on_sideband, d);
-	if (err) {
-		sonde_err("cannot watch the event buffers: %s", strerror(-err));
-		return err;
+	rc = sonde_loop__add_fd(d->loop, sonde_bpf_host__ring_fd(d->host), EPOLLIN, on_ring, d);
+	if (!rc && d->sideband)
+		rc = sonde_loop__add_fd(d->loop, sonde_sideband__fd(d->sideband), EPOLLIN,
+					on_sideband, d);
+	if (rc) {
+		sonde_err("cannot watch the event buffers: %s", strerror(-rc));
+		return rc;
 	}
 	d->drain_timer = sonde_loop__add_timer(d->loop, DRAIN_INTERVAL_MS, DRAIN_INTERVAL_MS,
 					       on_drain_timer, d);
-	d->window_timer = sonde_loop__add_timer(d->loop, d->opts->window_s * 1000ULL,
-						d->opts->window_s * 1000ULL, on_window_timer, d);
+	d->window_timer = sonde_loop__add_timer(d->loop, d->cfg.window_s * 1000ULL,
+						d->cfg.window_s * 1000ULL, on_window_timer, d);
 	if (!d->drain_timer || !d->window_timer)
 		goto nomem;
-
-	if (d->opts->http_addr && !d->opts->check) {
-		d->http = sonde_http__new(d->loop, d->opts->http_addr, on_http, d);
-		if (!d->http) {
-			err = -errno;
-			sonde_err("cannot listen on %s: %s%s", d->opts->http_addr, strerror(-err),
-				  err == -EADDRINUSE ? " (another sonded running? choose --http ADDR)"
-						     : "");
-			return err;
-		}
-	}
 	return 0;
 nomem:
 	sonde_err("out of memory while starting");
@@ -554,11 +699,15 @@ static void on_check_done(void *ctx)
 	sonde_loop__stop(ctx);
 }
 
+static void collect_only(struct pending_profile *p)
+{
+}
+
 static int run_check(struct sonde_daemon *d)
 {
 	uint64_t stats[SONDE_STAT__COUNT];
-	struct sonde_profile_opts opts = { .period_ns = 1000000000ULL / d->opts->hz };
-	struct sonde_profile *child_profile;
+	struct sonde_profile_opts opts = { 0 };
+	struct pending_profile *child_profile;
 	pid_t child;
 	uint64_t child_samples;
 	int status, err;
@@ -571,28 +720,19 @@ static int run_check(struct sonde_daemon *d)
 		_exit(0);
 	}
 	opts.pid = child;
-	child_profile = sonde_profile__new(&opts);
-	if (!child_profile)
+	child_profile = daemon_pending_new(d, 3600, &opts, collect_only);
+	if (!child_profile || !sonde_loop__add_timer(d->loop, 1500, 0, on_check_done, d->loop))
 		return -ENOMEM;
-	/* A pending profile without a connection: only collects. */
-	d->pending = &(struct pending_profile){ .d = d, .profile = child_profile };
-	if (!sonde_loop__add_timer(d->loop, 1500, 0, on_check_done, d->loop)) {
-		d->pending = NULL;
-		sonde_profile__free(child_profile);
-		return -errno;
-	}
 	sonde_loop__run(d->loop);
 	waitpid(child, &status, 0);
-	drain(d);
-	d->pending = NULL;
-	child_samples = sonde_profile__samples(child_profile);
-	sonde_profile__free(child_profile);
+	daemon_drain(d);
+	child_samples = sonde_profile__samples(child_profile->profile);
 
 	err = sonde_bpf_host__stats(d->host, stats);
 	if (err)
 		return err;
 	printf("check: sampler attached on %u CPUs at %u Hz\n", sonde_bpf_host__cpus(d->host),
-	       d->opts->hz);
+	       d->cfg.hz);
 	printf("check: lifecycle hooks attached: %u of 3\n", sonde_bpf_host__hooks(d->host));
 	printf("check: side-band records: %s\n", d->sideband ? "on" : "off");
 	printf("check: samples taken %llu, received %llu, of the spinning child %llu\n",
@@ -615,6 +755,7 @@ int sonde_daemon_run(const struct sonde_daemon_opts *opts)
 		return -ENOMEM;
 	d->opts = opts;
 	d->sigfd = -1;
+	d->started_ns = sonde_now_ns();
 	sonde_log_libbpf();
 	err = daemon_start(d);
 	if (err)
@@ -623,10 +764,11 @@ int sonde_daemon_run(const struct sonde_daemon_opts *opts)
 		err = run_check(d);
 		goto out;
 	}
-	sonde_info("sampling %u CPUs at %u Hz; %u lifecycle hooks; %s%s%s",
-		   sonde_bpf_host__cpus(d->host), opts->hz, sonde_bpf_host__hooks(d->host),
+	sonde_info("sampling %u CPUs at %u Hz; %u lifecycle hooks; %s%s%s%s%s",
+		   sonde_bpf_host__cpus(d->host), d->cfg.hz, sonde_bpf_host__hooks(d->host),
 		   d->http ? "serving http://" : "no HTTP", d->http ? sonde_http__addr(d->http) : "",
-		   opts->output_dir ? "; writing windows" : "");
+		   d->export ? "; exports on " : "", d->export ? sonde_export__url(d->export) : "",
+		   d->cfg.output_dir ? "; writing windows" : "");
 	err = sonde_loop__run(d->loop);
 	if (err)
 		sonde_err("the event loop failed: %s", strerror(-err));

@@ -557,20 +557,60 @@ cleanup:
 	return err;
 }
 
+/*
+ * Folded lines: distinct stacks often name the same functions (addresses
+ * differ within a function), so lines are merged by their text before they
+ * are written.
+ */
+struct folded_line {
+	uint64_t hash;
+	size_t off, len; /* in text */
+	uint64_t count;
+};
+
 struct folded_ctx {
-	struct sonde_strbuf *out;
+	struct sonde_strbuf text; /* every distinct line, back to back */
+	struct folded_line *lines;
+	uint32_t n, cap;
+	struct index index;
 	char unnamed[320];
 };
+
+static int fold_line(struct folded_ctx *fc, size_t off, uint64_t count)
+{
+	size_t len = fc->text.len - off;
+	uint64_t h = sonde_hash_bytes(fc->text.data + off, len);
+	uint32_t i;
+
+	if (index_reserve(&fc->index, fc->n, fc->lines, sizeof(*fc->lines)))
+		return -ENOMEM;
+	for (i = h & fc->index.mask; fc->index.slots[i]; i = (i + 1) & fc->index.mask) {
+		struct folded_line *l = &fc->lines[fc->index.slots[i] - 1];
+
+		if (l->hash == h && l->len == len &&
+		    memcmp(fc->text.data + l->off, fc->text.data + off, len) == 0) {
+			l->count += count;
+			fc->text.len = off; /* forget the duplicate */
+			return 0;
+		}
+	}
+	if (grow((void **)&fc->lines, &fc->cap, sizeof(*fc->lines), fc->n + 1))
+		return -ENOMEM;
+	fc->lines[fc->n] = (struct folded_line){ .hash = h, .off = off, .len = len, .count = count };
+	fc->index.slots[i] = ++fc->n;
+	return 0;
+}
 
 static int fold_stack(void *ctx, const struct sonde_profile_labels *labels,
 		      const struct sonde_profile_frame *frames, uint32_t n, uint64_t count)
 {
 	struct folded_ctx *fc = ctx;
 	struct sonde_symbol_frame sym[MAX_INLINE];
+	size_t off = fc->text.len;
 	uint32_t i;
 	int j, k;
 
-	sonde_strbuf__puts(fc->out, labels->comm ? labels->comm : "[unknown]");
+	sonde_strbuf__puts(&fc->text, labels->comm ? labels->comm : "[unknown]");
 	/* root first: walk the stack from its outermost frame */
 	for (i = n; i-- > 0;) {
 		bool kernel = sonde_object__is_kernel(frames[i].obj);
@@ -578,15 +618,29 @@ static int fold_stack(void *ctx, const struct sonde_profile_labels *labels,
 		k = sonde_profile_frame_names(&frames[i], sym, MAX_INLINE, fc->unnamed,
 					      sizeof(fc->unnamed));
 		for (j = k; j-- > 0;) /* the containing function, then what it inlined */
-			sonde_strbuf__printf(fc->out, ";%s%s", sym[j].function, kernel ? "_[k]" : "");
+			sonde_strbuf__printf(&fc->text, ";%s%s", sym[j].function,
+					     kernel ? "_[k]" : "");
 	}
-	sonde_strbuf__printf(fc->out, " %llu\n", (unsigned long long)count);
-	return sonde_strbuf__error(fc->out);
+	if (sonde_strbuf__error(&fc->text))
+		return -ENOMEM;
+	return fold_line(fc, off, count);
 }
 
 int sonde_profile__folded(const struct sonde_profile *p, struct sonde_strbuf *out)
 {
-	struct folded_ctx fc = { .out = out };
+	struct folded_ctx fc = { .text = SONDE_STRBUF_INIT };
+	uint32_t i;
+	int err;
 
-	return sonde_profile__for_each_stack(p, fold_stack, &fc);
+	err = sonde_profile__for_each_stack(p, fold_stack, &fc);
+	for (i = 0; !err && i < fc.n; i++) {
+		sonde_strbuf__append(out, fc.text.data + fc.lines[i].off, fc.lines[i].len);
+		sonde_strbuf__printf(out, " %llu\n", (unsigned long long)fc.lines[i].count);
+	}
+	if (!err)
+		err = sonde_strbuf__error(out);
+	sonde_strbuf__release(&fc.text);
+	free(fc.lines);
+	free(fc.index.slots);
+	return err;
 }

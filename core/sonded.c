@@ -1,40 +1,42 @@
 // SPDX-License-Identifier: MIT
 /*
  * sonded: samples every CPU with eBPF, names the frames, and serves the
- * profiles (pprof over HTTP, one file per window) and its own metrics.
+ * profiles (pprof over HTTP, files per window, nng exports) and its own
+ * metrics, as its Lua script says.
  */
 #include <errno.h>
 #include <getopt.h>
-#include <limits.h>
 #include <linux/capability.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <time.h>
 #include <unistd.h>
 
-#include "bpf_host.h"
 #include "daemon.h"
 #include "log.h"
-#include "script.h"
 
 static const char usage[] =
 	"Usage: sonded [OPTION]...\n"
 	"Profiles every process on this node with eBPF and serves the profiles.\n"
+	"Options given here win over the script's.\n"
 	"\n"
+	"  -s, --script FILE    Lua script that configures sonded and decides what is\n"
+	"                       profiled and exported (e.g. scripts/default.lua; see\n"
+	"                       docs/lua.md); default: none, every process profiled\n"
+	"      --unsafe-script  open os, io, package and load to the script\n"
 	"  -F, --hz N           samples per second on each CPU (default 19)\n"
 	"  -w, --window SEC     length of a profile window in seconds (default 10)\n"
 	"  -o, --output DIR     write one gzip'd pprof file per window into DIR\n"
 	"      --http ADDR      serve /metrics and /debug/pprof/profile on ADDR\n"
 	"                       (default 127.0.0.1:7470; 'none' turns it off)\n"
-	"  -s, --script FILE    Lua configuration script, e.g. scripts/default.lua\n"
-	"                       (default: none; options given here win over it)\n"
+	"      --export URL     nng pub socket of the exports (docs/export.md)\n"
+	"                       (default ipc:///run/sonde/export.ipc; 'none': off)\n"
+	"      --control URL    nng req/rep socket sondectl talks to (docs/control.md)\n"
+	"                       (default ipc:///run/sonde/control.ipc; 'none': off)\n"
+	"      --plugin-dir DIR where the script's plugins are (default " SONDE_PLUGIN_DIR ")\n"
 	"      --check          load and attach everything, take samples for a second,\n"
 	"                       report what works on this kernel, and exit\n"
 	"  -v, --verbose        log debug messages (libbpf's too)\n"
@@ -42,16 +44,29 @@ static const char usage[] =
 	"      --version        show the version and exit\n"
 	"\n"
 	"Profiles: go tool pprof http://127.0.0.1:7470/debug/pprof/profile?seconds=10\n"
-	"(narrow with &pid=N or &comm=NAME). Needs root, or CAP_BPF and CAP_PERFMON.\n";
+	"(narrow with &pid=N or &comm=NAME), or sondectl record/folded/top.\n"
+	"SIGHUP reloads the script. Needs root, or CAP_BPF and CAP_PERFMON.\n";
 
-enum { OPT_HTTP = 256, OPT_CHECK, OPT_VERSION };
+enum {
+	OPT_HTTP = 256,
+	OPT_EXPORT,
+	OPT_CONTROL,
+	OPT_PLUGIN_DIR,
+	OPT_UNSAFE,
+	OPT_CHECK,
+	OPT_VERSION,
+};
 
 static const struct option long_options[] = {
+	{ "script", required_argument, NULL, 's' },
+	{ "unsafe-script", no_argument, NULL, OPT_UNSAFE },
 	{ "hz", required_argument, NULL, 'F' },
 	{ "window", required_argument, NULL, 'w' },
 	{ "output", required_argument, NULL, 'o' },
 	{ "http", required_argument, NULL, OPT_HTTP },
-	{ "script", required_argument, NULL, 's' },
+	{ "export", required_argument, NULL, OPT_EXPORT },
+	{ "control", required_argument, NULL, OPT_CONTROL },
+	{ "plugin-dir", required_argument, NULL, OPT_PLUGIN_DIR },
 	{ "check", no_argument, NULL, OPT_CHECK },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
@@ -76,40 +91,52 @@ static int parse_uint(const char *opt, const char *s, unsigned long lo, unsigned
 	return 0;
 }
 
-/* Options the command line set, which the script must not override. */
-struct cli_set {
-	bool hz, window, output, http;
-};
+/* "none" turns a listener off. */
+static const char *listener(const char *arg)
+{
+	return strcmp(arg, "none") == 0 ? NULL : arg;
+}
 
-static int parse_args(int argc, char **argv, struct sonde_daemon_opts *opts, struct cli_set *set)
+static int parse_args(int argc, char **argv, struct sonde_daemon_opts *opts)
 {
 	unsigned long v;
 	int c;
 
-	while ((c = getopt_long(argc, argv, "F:w:o:s:vh", long_options, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "s:F:w:o:vh", long_options, NULL)) != -1) {
 		switch (c) {
+		case 's':
+			opts->script = optarg;
+			break;
+		case OPT_UNSAFE:
+			opts->unsafe_script = true;
+			break;
 		case 'F':
 			if (parse_uint("--hz", optarg, 1, 100000, &v))
 				return 2;
 			opts->hz = v;
-			set->hz = true;
 			break;
 		case 'w':
 			if (parse_uint("--window", optarg, 1, 3600, &v))
 				return 2;
 			opts->window_s = v;
-			set->window = true;
 			break;
 		case 'o':
 			opts->output_dir = optarg;
-			set->output = true;
 			break;
 		case OPT_HTTP:
-			opts->http_addr = strcmp(optarg, "none") == 0 ? NULL : optarg;
-			set->http = true;
+			opts->http_set = true;
+			opts->http_addr = listener(optarg);
 			break;
-		case 's':
-			opts->script = optarg;
+		case OPT_EXPORT:
+			opts->export_set = true;
+			opts->export_url = listener(optarg);
+			break;
+		case OPT_CONTROL:
+			opts->control_set = true;
+			opts->control_url = listener(optarg);
+			break;
+		case OPT_PLUGIN_DIR:
+			opts->plugin_dir = optarg;
 			break;
 		case OPT_CHECK:
 			opts->check = true;
@@ -153,49 +180,21 @@ static bool privileged(void)
 
 int main(int argc, char **argv)
 {
-	struct sonde_daemon_opts opts = {
-		.hz = 19,
-		.window_s = 10,
-		.http_addr = "127.0.0.1:7470",
-	};
-	struct sonde_script_config script = { 0 };
-	struct cli_set set = { 0 };
-	char why[512];
+	struct sonde_daemon_opts opts = { 0 };
+	struct stat st;
 	int err;
 
-	err = parse_args(argc, argv, &opts, &set);
+	err = parse_args(argc, argv, &opts);
 	if (err)
 		return err;
-	if (opts.script) {
-		if (sonde_script_load(opts.script, &script, why, sizeof(why))) {
-			sonde_err("%s", why);
-			return 2;
-		}
-		if (script.hz && !set.hz)
-			opts.hz = script.hz;
-		if (script.window_s && !set.window)
-			opts.window_s = script.window_s;
-		if (script.output_dir && !set.output)
-			opts.output_dir = script.output_dir;
-		if (script.http_set && !set.http)
-			opts.http_addr = script.http_addr;
-	}
-	if (opts.output_dir) {
-		struct stat st;
-
-		if (stat(opts.output_dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-			sonde_err("--output %s: not a directory", opts.output_dir);
-			sonde_script_config_free(&script);
-			return 2;
-		}
+	if (opts.output_dir && (stat(opts.output_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
+		sonde_err("--output %s: not a directory", opts.output_dir);
+		return 2;
 	}
 	if (!privileged()) {
 		sonde_err("sonded needs root, or the capabilities CAP_BPF and CAP_PERFMON: run it "
 			  "as root (sudo sonded)");
-		sonde_script_config_free(&script);
 		return 1;
 	}
-	err = sonde_daemon_run(&opts) ? 1 : 0;
-	sonde_script_config_free(&script);
-	return err;
+	return sonde_daemon_run(&opts) ? 1 : 0;
 }

@@ -51,6 +51,10 @@ def sonded_path():
     return os.path.join(build_dir(), "core", "sonded")
 
 
+def sondectl_path():
+    return os.path.join(build_dir(), "core", "sondectl")
+
+
 def fixture(name):
     return os.path.join(build_dir(), "tests", "fixtures", name)
 
@@ -80,7 +84,12 @@ class Sonded:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="sonded-", suffix=".log", delete=False)
-        cmd = [sonded_path(), "--http", self.addr, "--hz", str(hz), *args]
+        # Sockets of its own, so tests never meet another sonded's.
+        self.sockdir = tempfile.mkdtemp(prefix="sonde-sock-")
+        self.export_url = f"ipc://{self.sockdir}/export.ipc"
+        self.control_url = f"ipc://{self.sockdir}/control.ipc"
+        cmd = [sonded_path(), "--http", self.addr, "--hz", str(hz),
+               "--export", self.export_url, "--control", self.control_url, *args]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         atexit.register(self._kill)  # a failing test must not leave sonded running
         deadline = time.time() + 20
@@ -124,6 +133,7 @@ class Sonded:
         if self.proc.returncode != 0:
             fail(f"sonded exited with {self.proc.returncode}:\n{self.output()}")
         os.unlink(self.log.name)
+        shutil.rmtree(self.sockdir, ignore_errors=True)
 
     def __enter__(self):
         return self

@@ -262,10 +262,15 @@ static void test_merge_folded_and_iteration(void **state)
 	assert_int_equal(sonde_profile__for_each_stack(dst, count_stack, &c), 0);
 	assert_string_equal(c.team, "web");
 
-	/* root first, unnamed frames as module+0xoffset, one line per stack */
+	/* root first, unnamed frames as module+0xoffset, one line per stack;
+	 * stacks that read the same (here: another pid of the same comm) merge */
+	{
+		struct sonde_profile_labels l9 = { .pid = 9, .comm = "other" };
+
+		assert_int_equal(sonde_profile__add(f->p, &l9, st, 1, 4), 0);
+	}
 	assert_int_equal(sonde_profile__folded(f->p, &sb), 0);
-	assert_non_null(strstr(sb.data, "app;app+0x400;libgone.so+0x1234 3\n"));
-	assert_non_null(strstr(sb.data, "other;libgone.so+0x1234 2\n"));
+	assert_string_equal(sb.data, "app;app+0x400;libgone.so+0x1234 3\nother;libgone.so+0x1234 6\n");
 	sonde_strbuf__release(&sb);
 	sonde_profile__free(dst);
 }
