@@ -26,6 +26,7 @@ struct sonde_policy {
 	struct node **buckets;
 	uint32_t nbuckets; /* power of two */
 	uint32_t count;
+	uint64_t failures; /* on_process calls that failed, for the log's rate */
 };
 
 struct sonde_policy *sonde_policy__new(struct sonde_bpf_host *bpf, struct sonde_plugins *plugins)
@@ -201,12 +202,26 @@ int sonde_policy__decide(struct sonde_policy *pol, const struct sonde_proc *proc
 		.cgroup = proc->cgroup,
 		.container_id = proc->container_id[0] ? proc->container_id : NULL,
 	};
-	struct node *n = get_or_add(pol, proc->pid);
+	struct node *n = find(pol, proc->pid);
 	struct sonde_policy_entry *e;
 	bool failed = false;
 	size_t i;
 	int err;
 
+	if (pol->script && sonde_script__decide(pol->script, &sp, &d)) {
+		pol->failures++;
+		if (pol->failures <= 10 || pol->failures % 1000 == 0)
+			sonde_warn("script: on_process for %u (%s): %s%s", proc->pid, proc->comm,
+				   sonde_script__last_error(pol->script),
+				   pol->failures == 10 ? " (from now on one in 1000 is logged; all "
+							 "are counted in sonde_script_errors_total)"
+						       : "");
+		/* a process decided before keeps that decision */
+		if (n && !n->e.exit_ns)
+			return 0;
+	}
+	if (!n)
+		n = get_or_add(pol, proc->pid);
 	if (!n)
 		return -ENOMEM;
 	e = &n->e;
@@ -215,9 +230,6 @@ int sonde_policy__decide(struct sonde_policy *pol, const struct sonde_proc *proc
 	clear_entry(e);
 	e->exit_ns = 0;
 	e->first_slot = SONDE_UNWINDER_FP;
-	if (pol->script && sonde_script__decide(pol->script, &sp, &d))
-		sonde_debug("script: on_process for %u (%s): %s", proc->pid, proc->comm,
-			    sonde_script__last_error(pol->script));
 	e->profiled = d.profile;
 	if (d.profile) {
 		for (i = 0; i < d.nlabels && i < SONDE_PROFILE_MAX_EXTRA; i++) {

@@ -7,7 +7,9 @@
  * that arrive late and for `sondectl ps`.
  *
  * Threading: loop thread only. The failures of the script are counted by
- * the script module; this module logs them once per process at debug.
+ * the script module; this module logs the first ten, then one in a
+ * thousand. A process whose decision fails keeps its previous one (or gets
+ * the default: profiled, the default unwinders, no labels).
  */
 #ifndef SONDE_POLICY_H
 #define SONDE_POLICY_H

@@ -35,6 +35,11 @@ expect(run("--output", "/nonexistent/dir"), 2, "--output /nonexistent/dir: not a
 require_root()
 expect(run("--http", "127.0.0.1:1", user="65534"), 1,
        "sonded needs root, or the capabilities CAP_BPF and CAP_PERFMON")
+bad = "/tmp/sonde-bad-script.lua"
+with open(bad, "w") as f:
+    f.write("sampling { hz = 19 }\n\non_process(function(p)\n  return { labels = { team = } }\nend)\n")
+expect(run("--script", bad, "--http", "none"), 1, f"{bad}:4: unexpected symbol near '}}'")
+os.unlink(bad)
 with socket.socket() as busy:
     busy.bind(("127.0.0.1", 0))
     busy.listen()
