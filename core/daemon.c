@@ -20,6 +20,7 @@
 #include "daemon_priv.h"
 #include "export.h"
 #include "http.h"
+#include "interp.h"
 #include "log.h"
 #include "loop.h"
 #include "plugin.h"
@@ -44,6 +45,32 @@ uint64_t daemon_period_ns(const struct sonde_daemon *d)
 
 /* ---- samples ---------------------------------------------------------- */
 
+/*
+ * An interpreter frame (a kind some plugin registered): two words, named
+ * later by that plugin. False when no plugin owns the kind (then the word
+ * is an ordinary, if odd, address).
+ */
+static bool resolve_interp_frame(struct sonde_daemon *d, const struct sonde_sample *s,
+				 uint32_t j, struct sonde_profile_frame *f)
+{
+	uint64_t word = s->frames[s->kstack_len + j], payload;
+	int err;
+
+	if (SONDE_FRAME_KIND(word) == SONDE_FRAME_NATIVE || !d->interp)
+		return false;
+	payload = j + 1 < s->ustack_len ? s->frames[s->kstack_len + j + 1] : 0;
+	err = sonde_interp__frame(d->interp, s->hdr.pid, word, payload, &f->obj, &f->vaddr);
+	if (err == -ENOENT)
+		return false;
+	f->flags = 0;
+	if (err) {
+		f->obj = d->unknown;
+		f->vaddr = word;
+		d->counters.frames_unmapped++;
+	}
+	return true;
+}
+
 static uint32_t resolve_user_frames(struct sonde_daemon *d, struct sonde_proc *proc,
 				    const struct sonde_sample *s, uint32_t n)
 {
@@ -55,6 +82,10 @@ static uint32_t resolve_user_frames(struct sonde_daemon *d, struct sonde_proc *p
 		const struct sonde_mapping *m = NULL;
 		struct sonde_profile_frame *f = &d->frames[n++];
 
+		if (resolve_interp_frame(d, s, j, f)) {
+			j++; /* its payload */
+			continue;
+		}
 		f->flags = exact ? 0 : SONDE_PROFILE_FRAME_RETURN;
 		if (proc)
 			m = sonde_procs__find_mapping(d->procs, proc, addr, s->hdr.time_ns);
@@ -496,6 +527,7 @@ static void daemon_free(struct sonde_daemon *d)
 	sonde_publisher__free(d->publisher);
 	sonde_export__free(d->export);
 	sonde_policy__free(d->policy);
+	sonde_interp__free(d->interp);
 	sonde_plugins__free(d->plugins);
 	sonde_bpf_host__free(d->host);
 	sonde_sideband__free(d->sideband);
@@ -636,6 +668,9 @@ static int daemon_start(struct sonde_daemon *d)
 	rc = load_plugins(d);
 	if (rc)
 		return rc;
+	d->interp = sonde_interp__new(d->sym, d->plugins);
+	if (!d->interp)
+		goto nomem;
 	d->policy = sonde_policy__new(d->host, d->plugins);
 	if (!d->policy)
 		goto nomem;

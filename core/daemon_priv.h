@@ -20,6 +20,7 @@ struct sonde_control_req;
 struct sonde_export;
 struct sonde_http;
 struct sonde_http_conn;
+struct sonde_interp;
 struct sonde_loop;
 struct sonde_loop_timer;
 struct sonde_object;
@@ -71,6 +72,7 @@ struct sonde_daemon {
 	struct sonde_bpf_host *host;
 	struct sonde_script *script;
 	struct sonde_plugins *plugins;
+	struct sonde_interp *interp;
 	struct sonde_policy *policy;
 	struct sonde_export *export;
 	struct sonde_publisher *publisher;

@@ -41,6 +41,7 @@ enum obj_kind {
 	OBJ_KERNEL,
 	OBJ_VDSO,
 	OBJ_UNKNOWN,
+	OBJ_EXTERNAL, /* named by a callback: interpreter frames of a plugin */
 };
 
 struct cu_range {
@@ -83,6 +84,8 @@ struct sonde_object {
 	char *name;
 	const char *build_id;
 	struct image *image; /* NULL when the file is not readable ELF */
+	sonde_external_symbolize_fn external; /* OBJ_EXTERNAL */
+	void *external_ctx;
 };
 
 /* Strings handed out that nothing else owns (demangled names). */
@@ -551,6 +554,20 @@ struct sonde_object *sonde_symbolizer__unknown(struct sonde_symbolizer *sym)
 	return sym->unknown;
 }
 
+struct sonde_object *sonde_symbolizer__external(struct sonde_symbolizer *sym, const char *name,
+					       sonde_external_symbolize_fn fn, void *ctx)
+{
+	struct sonde_object *o = object_new(sym, OBJ_EXTERNAL, name);
+
+	if (!o) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	o->external = fn;
+	o->external_ctx = ctx;
+	return o;
+}
+
 uint64_t sonde_object__to_vaddr(const struct sonde_object *obj, uint64_t map_start,
 				uint64_t map_pgoff, uint64_t addr)
 {
@@ -989,6 +1006,12 @@ int sonde_object__symbolize(struct sonde_object *obj, uint64_t vaddr,
 		return 0;
 	if (obj->kind == OBJ_KERNEL) {
 		n = symbolize_kernel(sym, vaddr, tmp);
+		goto out;
+	}
+	if (obj->kind == OBJ_EXTERNAL) {
+		n = obj->external(obj->external_ctx, vaddr, tmp, MAX_FRAMES);
+		if (n < 0)
+			n = 0;
 		goto out;
 	}
 	if (!obj->image)

@@ -59,6 +59,18 @@ struct sonde_object *sonde_symbolizer__vdso(struct sonde_symbolizer *sym);
 struct sonde_object *sonde_symbolizer__unknown(struct sonde_symbolizer *sym);
 
 /*
+ * An object whose "addresses" are ids that fn names: frames of an
+ * interpreter, named by the plugin that unwinds it. fn fills at most max
+ * frames (innermost first, strings valid until the symbolizer is freed)
+ * and returns how many, 0 when it cannot name the id. Results are not
+ * cached here. NULL only on ENOMEM.
+ */
+typedef int (*sonde_external_symbolize_fn)(void *ctx, uint64_t id,
+					   struct sonde_symbol_frame *frames, int max);
+struct sonde_object *sonde_symbolizer__external(struct sonde_symbolizer *sym, const char *name,
+					       sonde_external_symbolize_fn fn, void *ctx);
+
+/*
  * Runtime address addr, in a mapping that starts at map_start with file
  * offset map_pgoff, to the object's vaddr (through its PT_LOAD headers).
  * Where the headers cannot be read the file offset is used.
