@@ -764,8 +764,8 @@ static void test_slow_subscriber_does_not_block(void **state)
 	assert_int_equal(sonde_export__dropped(ex), refused);
 	assert_int_equal(ok + refused, 10000);
 
-	nng_close(slow);
 	sonde_export__free(ex);
+	nng_close(slow);
 }
 
 static void expect_new_error(const char *url, int want_errno, const char *want_err)
