@@ -417,3 +417,144 @@ int sonde_msgpack_to_lua(lua_State *L, const msgpack_object *obj, char *err, siz
 		err[0] = '\0';
 	return push_object(&c, obj);
 }
+
+/* ---- untrusted bytes ---- */
+
+static uint64_t be(const unsigned char *p, size_t n)
+{
+	uint64_t v = 0;
+
+	while (n--)
+		v = v << 8 | *p++;
+	return v;
+}
+
+/*
+ * The size of the item at p[0..left) without its elements: header plus
+ * payload bytes in *skip and, for a container, its element count (a map
+ * counts keys and values) in *items. False for 0xc1 or a header cut short.
+ */
+static bool item_size(const unsigned char *p, size_t left, uint64_t *skip, uint64_t *items)
+{
+	unsigned char b = p[0];
+	size_t lenbytes = 0, extra = 0, fixed = 0;
+
+	*items = 0;
+	if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+		*skip = 1;
+		return true;
+	}
+	if (b >= 0x80 && b <= 0x8f) {
+		*skip = 1;
+		*items = 2ULL * (b & 0x0f);
+		return true;
+	}
+	if (b >= 0x90 && b <= 0x9f) {
+		*skip = 1;
+		*items = b & 0x0f;
+		return true;
+	}
+	if (b >= 0xa0 && b <= 0xbf) {
+		*skip = 1 + (uint64_t)(b & 0x1f);
+		return true;
+	}
+	switch (b) {
+	case 0xc4: case 0xd9: lenbytes = 1; break; /* bin8, str8 */
+	case 0xc5: case 0xda: lenbytes = 2; break;
+	case 0xc6: case 0xdb: lenbytes = 4; break;
+	case 0xc7: lenbytes = 1, extra = 1; break; /* ext8: length, then a type byte */
+	case 0xc8: lenbytes = 2, extra = 1; break;
+	case 0xc9: lenbytes = 4, extra = 1; break;
+	case 0xca: fixed = 4; break;
+	case 0xcb: fixed = 8; break;
+	case 0xcc: case 0xd0: fixed = 1; break;
+	case 0xcd: case 0xd1: fixed = 2; break;
+	case 0xce: case 0xd2: fixed = 4; break;
+	case 0xcf: case 0xd3: fixed = 8; break;
+	case 0xd4: fixed = 2; break; /* fixext: type byte and 1..16 bytes */
+	case 0xd5: fixed = 3; break;
+	case 0xd6: fixed = 5; break;
+	case 0xd7: fixed = 9; break;
+	case 0xd8: fixed = 17; break;
+	case 0xdc: case 0xdd: case 0xde: case 0xdf:
+		lenbytes = b == 0xdc || b == 0xde ? 2 : 4;
+		if (left < 1 + lenbytes)
+			return false;
+		*skip = 1 + lenbytes;
+		*items = be(p + 1, lenbytes) * (b >= 0xde ? 2 : 1);
+		return true;
+	default: /* 0xc1, never used */
+		return false;
+	}
+	if (fixed) {
+		*skip = 1 + fixed;
+		return true;
+	}
+	if (left < 1 + lenbytes)
+		return false;
+	*skip = 1 + lenbytes + extra + be(p + 1, lenbytes);
+	return true;
+}
+
+int sonde_msgpack_unpack(msgpack_unpacked *out, const void *data, size_t len, size_t *used,
+			 char *err, size_t errlen)
+{
+	struct conv c = {.err = err, .errlen = errlen};
+	const unsigned char *p = data;
+	uint64_t left[SONDE_LUA_MSGPACK_MAX_DEPTH + 1], pending = 1, skip, items, rest;
+	size_t pos = 0, off = 0;
+	int top = 0;
+
+	if (errlen)
+		err[0] = '\0';
+	left[0] = 1;
+	while (top >= 0) {
+		if (!left[top]) {
+			top--;
+			continue;
+		}
+		if (pos >= len)
+			return fail(&c, -EINVAL, "truncated at offset %zu", pos);
+		if (!item_size(p + pos, len - pos, &skip, &items)) {
+			if (p[pos] == 0xc1)
+				return fail(&c, -EINVAL, "byte 0xc1 at offset %zu is not msgpack", pos);
+			return fail(&c, -EINVAL, "truncated at offset %zu", pos);
+		}
+		if (skip > len - pos)
+			return fail(&c, -EINVAL, "truncated at offset %zu", pos);
+		left[top]--;
+		pending--;
+		rest = len - pos - skip;
+		/* Every element still owed takes at least a byte of what is left. */
+		if (pending > rest)
+			return fail(&c, -EINVAL, "truncated at offset %zu", len);
+		if (items > rest - pending) {
+			bool map = (p[pos] & 0xf0) == 0x80 || p[pos] == 0xde || p[pos] == 0xdf;
+
+			return fail(&c, -EINVAL,
+				    "%s at offset %zu declares %" PRIu64 " %s, only %" PRIu64
+				    " bytes follow",
+				    map ? "map" : "array", pos, map ? items / 2 : items,
+				    map ? "entries" : "elements", rest);
+		}
+		pos += skip;
+		if (items) {
+			if (top >= SONDE_LUA_MSGPACK_MAX_DEPTH)
+				return fail(&c, -E2BIG, "containers nested deeper than %d",
+					    SONDE_LUA_MSGPACK_MAX_DEPTH);
+			left[++top] = items;
+			pending += items;
+		}
+	}
+	switch (msgpack_unpack_next(out, data, len, &off)) {
+	case MSGPACK_UNPACK_SUCCESS:
+	case MSGPACK_UNPACK_EXTRA_BYTES:
+		break;
+	case MSGPACK_UNPACK_NOMEM_ERROR:
+		return fail(&c, -ENOMEM, "out of memory while unpacking");
+	default: /* the walk above accepts nothing msgpack-c refuses */
+		return fail(&c, -EINVAL, "msgpack-c refused the document");
+	}
+	*used = off;
+	return 0;
+}

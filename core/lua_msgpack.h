@@ -36,12 +36,17 @@
  *   uint64, and a float keeps the magnitude);
  *   float32, float64 -> float;
  *   array -> table 1..n; map -> table, duplicate keys: the last one wins.
- *   Map keys must be str, bin or int (the same keys Lua -> msgpack makes);
- *   a nil, bool, float, array, map or ext key is an error. ext anywhere is
- *   an error. Nesting deeper than SONDE_LUA_MSGPACK_MAX_DEPTH is an error.
+ *   Map keys must be str, bin or an int that fits int64 (the keys Lua ->
+ *   msgpack makes); a nil, bool, float, array, map or ext key, or a uint
+ *   key above INT64_MAX, is an error. ext anywhere is an error. Nesting
+ *   deeper than SONDE_LUA_MSGPACK_MAX_DEPTH is an error.
  *   A nil inside a container is dropped by Lua itself: {"a": nil} becomes
  *   {} and [1, nil, 3] a table with keys 1 and 3, which converts back as a
- *   map. Everything else survives a round trip unchanged except map order.
+ *   map.
+ * So msgpack -> Lua -> msgpack changes: bin to str, float32 to float64,
+ * [] to {}, a map whose keys are exactly 1..n to an array, nils as above,
+ * and map order. A second round trip changes nothing but map order
+ * (tests/fuzz/fuzz-msgpack-lua.c checks it).
  *
  * Paths in error messages: string keys joined by '.', integer keys as
  * [n], e.g. "stacks[2].labels.pid"; no path (and no "path: " prefix) for
@@ -81,11 +86,27 @@ int sonde_lua_to_msgpack(lua_State *L, int index, msgpack_packer *pk, char *err,
 /*
  * Pushes obj converted to a Lua value. Returns 0 with exactly one value
  * pushed, or a negative errno with nothing pushed:
- *   -EINVAL  an ext, or a map key that is not str, bin or int
+ *   -EINVAL  an ext, or a map key that is not str, bin or int64
  *   -E2BIG   nesting deeper than SONDE_LUA_MSGPACK_MAX_DEPTH
  *   -ENOMEM  the Lua stack could not grow
  * obj is only read; it belongs to the caller (usually a msgpack_zone).
  */
 int sonde_msgpack_to_lua(lua_State *L, const msgpack_object *obj, char *err, size_t errlen);
+
+/*
+ * Unpacks the first document in data[0..len) into out (initialized by the
+ * caller with msgpack_unpacked_init, destroyed by the caller) and sets
+ * *used to its length; bytes after it are the caller's business. Use this,
+ * not msgpack_unpack_next(), on bytes from outside the process:
+ * msgpack-c allocates a container's declared size before reading its
+ * elements, so five bytes can ask for 64 GB. This first walks the bytes
+ * and refuses a container declaring more elements than there are bytes
+ * left (every element takes at least one), nesting deeper than
+ * SONDE_LUA_MSGPACK_MAX_DEPTH, a truncated document and the byte 0xc1.
+ * 0, -EINVAL (err says what and at which offset), -E2BIG (too deep) or
+ * -ENOMEM.
+ */
+int sonde_msgpack_unpack(msgpack_unpacked *out, const void *data, size_t len, size_t *used,
+			 char *err, size_t errlen);
 
 #endif /* SONDE_LUA_MSGPACK_H */

@@ -26,7 +26,8 @@ struct sonde_policy {
 	struct node **buckets;
 	uint32_t nbuckets; /* power of two */
 	uint32_t count;
-	uint64_t failures; /* on_process calls that failed, for the log's rate */
+	uint64_t failures;     /* on_process calls that failed, for the log's rate */
+	uint64_t bpf_failures; /* procs map updates that failed (full) */
 };
 
 struct sonde_policy *sonde_policy__new(struct sonde_bpf_host *bpf, struct sonde_plugins *plugins)
@@ -239,10 +240,17 @@ int sonde_policy__decide(struct sonde_policy *pol, const struct sonde_proc *proc
 		e->nlabels = i;
 		attach_plugins(pol, proc, &d, e, &failed);
 	}
-	if (pol->bpf) {
+	/* The procs map holds only what differs from the default (profiled, frame
+	 * pointers), so it stays small on a node of mostly default processes. */
+	if (pol->bpf && e->profiled && e->first_slot == SONDE_UNWINDER_FP) {
+		sonde_bpf_host__forget_process(pol->bpf, proc->pid);
+	} else if (pol->bpf) {
 		err = sonde_bpf_host__set_process(pol->bpf, proc->pid, e->first_slot, e->profiled);
-		if (err)
-			sonde_debug("cannot set the BPF state of %u: %s", proc->pid, strerror(-err));
+		if (err && ++pol->bpf_failures <= 10)
+			sonde_warn("cannot set the BPF state of %u (%s): %s; it is profiled with "
+				   "frame pointers%s",
+				   proc->pid, proc->comm, strerror(-err),
+				   pol->bpf_failures == 10 ? " (further failures are not logged)" : "");
 	}
 	return failed ? -ENOMEM : 0;
 }

@@ -10,6 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -718,6 +721,34 @@ static void test_tcp(void **state)
 	publish_and_receive("tcp://127.0.0.1:0");
 }
 
+/*
+ * A subscriber that stops reading altogether: a plain TCP socket that does
+ * the SP handshake as a sub0 peer would (8 bytes: 0, "SP", 0, protocol
+ * 0x0021, 0, 0) with a small receive buffer, and then reads nothing, so the
+ * kernel's buffers fill and nng's queue for it too. (An nng sub0 socket
+ * would not do: it keeps reading and drops on its own side.)
+ */
+static int stalled_subscriber(const char *url)
+{
+	static const unsigned char sub_hdr[8] = {0, 'S', 'P', 0, 0x00, 0x21, 0, 0};
+	static const unsigned char pub_hdr[8] = {0, 'S', 'P', 0, 0x00, 0x20, 0, 0};
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	unsigned char hdr[8];
+	int fd, port = 0, rcvbuf = 4096;
+
+	assert_int_equal(sscanf(url, "tcp://127.0.0.1:%d", &port), 1);
+	sa.sin_port = htons((uint16_t)port);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(write(fd, sub_hdr, sizeof(sub_hdr)), sizeof(sub_hdr));
+	assert_int_equal(read(fd, hdr, sizeof(hdr)), sizeof(hdr));
+	assert_memory_equal(hdr, pub_hdr, sizeof(hdr));
+	return fd;
+}
+
 static double now(void)
 {
 	struct timespec ts;
@@ -728,11 +759,14 @@ static double now(void)
 
 static void test_slow_subscriber_does_not_block(void **state)
 {
-	static const char *const topics[] = {"profile", NULL};
+	static const char *const topics[] = {"proc", NULL};
 	static char payload[4096];
+	struct pollfd pfd = {.events = POLLIN};
 	struct sonde_export *ex;
-	char err[256];
-	nng_socket slow;
+	msgpack_sbuffer proc_sb;
+	msgpack_unpacked u;
+	char err[256], topic[80], drain[4096];
+	nng_socket fast;
 	double t0, elapsed;
 	int i, ret, hellos;
 	uint64_t ok = 0, refused = 0;
@@ -741,9 +775,17 @@ static void test_slow_subscriber_does_not_block(void **state)
 	ex = sonde_export__new("tcp://127.0.0.1:0", err, sizeof(err));
 	if (!ex)
 		fail_msg("%s", err);
-	/* A 1-message receive queue, and it never reads after joining. */
-	slow = subscriber(sonde_export__url(ex), topics, 1);
-	hellos = wait_joined(ex, slow);
+	fast = subscriber(sonde_export__url(ex), topics, 0);
+	hellos = wait_joined(ex, fast);
+	pfd.fd = stalled_subscriber(sonde_export__url(ex));
+	/* Joined once the first hello reaches it; after this it reads nothing. */
+	for (i = 0; i < 250 && poll(&pfd, 1, 0) == 0; i++) {
+		assert_int_equal(sonde_export__publish(ex, "hello", "\x80", 1), 0);
+		hellos++;
+		poll(&pfd, 1, 20);
+	}
+	assert_true(pfd.revents & POLLIN);
+	assert_true(recv(pfd.fd, drain, sizeof(drain), MSG_DONTWAIT) > 0);
 	payload[0] = (char)0x80;
 
 	t0 = now();
@@ -764,8 +806,18 @@ static void test_slow_subscriber_does_not_block(void **state)
 	assert_int_equal(sonde_export__dropped(ex), refused);
 	assert_int_equal(ok + refused, 10000);
 
+	/* The stalled one does not hold back a subscriber that reads. */
+	encode_proc(&start_msg, &proc_sb);
+	assert_int_equal(sonde_export__publish(ex, "proc", proc_sb.data, proc_sb.size), 0);
+	receive(fast, topic, sizeof(topic), &u);
+	assert_string_equal(topic, "proc");
+	check_proc(&u.data);
+	msgpack_unpacked_destroy(&u);
+	msgpack_sbuffer_destroy(&proc_sb);
+
+	nng_close(fast);
 	sonde_export__free(ex);
-	nng_close(slow);
+	close(pfd.fd);
 }
 
 static void expect_new_error(const char *url, int want_errno, const char *want_err)

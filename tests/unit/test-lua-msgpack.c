@@ -490,6 +490,65 @@ static void test_msgpack_round_trip_bytes(void **state)
 	msgpack_unpacked_destroy(&u);
 }
 
+static void expect_guard(const void *data, size_t len, int want_ret, const char *want_err)
+{
+	msgpack_unpacked u;
+	char err[256];
+	size_t used = 12345;
+	int ret;
+
+	msgpack_unpacked_init(&u);
+	ret = sonde_msgpack_unpack(&u, data, len, &used, err, sizeof(err));
+	if (ret != want_ret || strcmp(err, want_err))
+		fail_msg("got %d \"%s\", wanted %d \"%s\"", ret, err, want_ret, want_err);
+	assert_int_equal(used, 12345); /* untouched on error */
+	msgpack_unpacked_destroy(&u);
+}
+
+static void test_unpack_untrusted(void **state)
+{
+	/* Found by fuzz-msgpack-lua: map32 declaring 0x91919191 entries. */
+	static const unsigned char huge_map[] = {0xdf, 0x91, 0x91, 0x91, 0x91, 0x91, 0x90};
+	static const unsigned char huge_array[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01};
+	static const unsigned char doc[] = {0x92, 0xa1, 'x', 0x81, 0x01, 0xc0, 0xff, 0xff};
+	unsigned char deep[SONDE_LUA_MSGPACK_MAX_DEPTH + 2];
+	msgpack_unpacked u;
+	char err[256];
+	size_t used = 0;
+
+	(void)state;
+	expect_guard(huge_map, sizeof(huge_map), -EINVAL,
+		     "map at offset 0 declares 2442236305 entries, only 2 bytes follow");
+	expect_guard(huge_array, sizeof(huge_array), -EINVAL,
+		     "array at offset 0 declares 4294967295 elements, only 1 bytes follow");
+	/* Two elements declared, the first string eats the bytes the second needs. */
+	expect_guard("\x92\xa2xy", 4, -EINVAL, "truncated at offset 4");
+	expect_guard("\x91", 1, -EINVAL, "array at offset 0 declares 1 elements, only 0 bytes follow");
+	expect_guard("", 0, -EINVAL, "truncated at offset 0");
+	expect_guard("\xcd\x01", 2, -EINVAL, "truncated at offset 0");
+	expect_guard("\x91\xc1", 2, -EINVAL, "byte 0xc1 at offset 1 is not msgpack");
+	/* 32 nested arrays pass, 33 do not. */
+	memset(deep, 0x91, sizeof(deep));
+	deep[SONDE_LUA_MSGPACK_MAX_DEPTH] = 0x00;
+	msgpack_unpacked_init(&u);
+	assert_int_equal(sonde_msgpack_unpack(&u, deep, SONDE_LUA_MSGPACK_MAX_DEPTH + 1, &used,
+					      err, sizeof(err)), 0);
+	assert_int_equal(used, SONDE_LUA_MSGPACK_MAX_DEPTH + 1);
+	msgpack_unpacked_destroy(&u);
+	deep[SONDE_LUA_MSGPACK_MAX_DEPTH] = 0x91;
+	deep[SONDE_LUA_MSGPACK_MAX_DEPTH + 1] = 0x00;
+	expect_guard(deep, sizeof(deep), -E2BIG, "containers nested deeper than 32");
+
+	/* A good document, with bytes after it that are the caller's. */
+	msgpack_unpacked_init(&u);
+	assert_int_equal(sonde_msgpack_unpack(&u, doc, sizeof(doc), &used, err, sizeof(err)), 0);
+	assert_int_equal(used, 6);
+	assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
+	assert_int_equal(u.data.via.array.size, 2);
+	assert_int_equal(u.data.via.array.ptr[1].via.map.ptr[0].val.type, MSGPACK_OBJECT_NIL);
+	msgpack_unpacked_destroy(&u);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -502,6 +561,7 @@ int main(void)
 		cmocka_unit_test(test_msgpack_to_lua),
 		cmocka_unit_test(test_msgpack_errors),
 		cmocka_unit_test(test_msgpack_round_trip_bytes),
+		cmocka_unit_test(test_unpack_untrusted),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
