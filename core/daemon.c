@@ -157,6 +157,12 @@ static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, 
 			return;
 		labels.extra = pe->labels;
 		labels.nextra = pe->nlabels;
+		if (pe->comm) /* relabeled by the script; "" drops it */
+			labels.comm = pe->comm;
+		if (pe->exe)
+			labels.exe = pe->exe;
+		if (pe->container_id)
+			labels.container_id = pe->container_id;
 	}
 	for (i = 0; i < s->kstack_len; i++)
 		d->frames[n++] = (struct sonde_profile_frame){

@@ -58,6 +58,10 @@ static void clear_entry(struct sonde_policy_entry *e)
 		free((char *)e->labels[i].key);
 		free((char *)e->labels[i].value);
 	}
+	free(e->comm);
+	free(e->exe);
+	free(e->container_id);
+	e->comm = e->exe = e->container_id = NULL;
 	e->nunwinders = e->nlabels = e->ndeclined = 0;
 }
 
@@ -233,11 +237,21 @@ int sonde_policy__decide(struct sonde_policy *pol, const struct sonde_proc *proc
 	e->first_slot = SONDE_UNWINDER_FP;
 	e->profiled = d.profile;
 	if (d.profile) {
-		for (i = 0; i < d.nlabels && i < SONDE_PROFILE_MAX_EXTRA; i++) {
-			e->labels[i].key = dup(d.labels[i].key, &failed);
-			e->labels[i].value = dup(d.labels[i].value, &failed);
+		for (i = 0; i < d.nlabels; i++) {
+			const char *k = d.labels[i].key, *v = d.labels[i].value;
+
+			if (strcmp(k, "comm") == 0)
+				e->comm = dup(v, &failed);
+			else if (strcmp(k, "exe") == 0)
+				e->exe = dup(v, &failed);
+			else if (strcmp(k, "container_id") == 0)
+				e->container_id = dup(v, &failed);
+			else if (e->nlabels < SONDE_PROFILE_MAX_EXTRA) {
+				e->labels[e->nlabels].key = dup(k, &failed);
+				e->labels[e->nlabels].value = dup(v, &failed);
+				e->nlabels++;
+			}
 		}
-		e->nlabels = i;
 		attach_plugins(pol, proc, &d, e, &failed);
 	}
 	/* The procs map holds only what differs from the default (profiled, frame

@@ -40,8 +40,11 @@ struct sonde_policy_entry {
 	uint32_t nunwinders;
 	struct sonde_policy_decline declined[SONDE_POLICY_MAX_UNWINDERS];
 	uint32_t ndeclined;
-	struct sonde_profile_label labels[SONDE_PROFILE_MAX_EXTRA]; /* owned */
+	struct sonde_profile_label labels[SONDE_PROFILE_MAX_EXTRA]; /* owned, extra ones */
 	uint32_t nlabels;
+	/* Relabeling: the script's comm, exe or container_id replace the
+	 * process's own ("": the label is dropped); NULL: not replaced. */
+	char *comm, *exe, *container_id;
 	uint64_t exit_ns; /* 0 while alive */
 };
 

@@ -887,6 +887,9 @@ static void read_labels(lua_State *L, int t, struct sonde_script_decision *out)
 				   "on_process: label '%s' is reserved (names starting with __ "
 				   "are the core's)",
 				   k);
+		if (strcmp(k, "pid") == 0)
+			luaL_error(L, "on_process: label 'pid' is the process id; it cannot be "
+				      "relabeled");
 		if (lua_type(L, -1) != LUA_TSTRING)
 			luaL_error(L, "on_process: label '%s' must be a string, not %s", k,
 				   luaL_typename(L, -1));

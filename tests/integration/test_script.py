@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """The daemon as its script says: only one fixture profiled (the others
-dropped in the kernel), its samples labeled by the script, a custom topic
+dropped in the kernel), its samples labeled (and relabeled) by the script, a custom topic
 published from on_window; a subscriber (sondectl tail, over nng) receives
 the profile and the custom messages; sondectl record writes a pprof that go
 tool pprof reads; a reload with a broken script keeps the old one running."""
@@ -22,7 +22,7 @@ SCRIPT = """
 sampling { hz = 99, window = 2 }
 on_process(function(p)
   if p.comm == "fp_chain" then
-    return { labels = { team = "chain" } }
+    return { labels = { team = "chain", exe = "" } }
   end
   return false
 end)
@@ -80,6 +80,8 @@ with Sonded("--script", script) as d:
             labels = s["labels"]
             if labels.get("comm") != "fp_chain" or labels.get("team") != "chain":
                 fail(f"a stack of another process, or without the script's label: {labels}")
+            if "exe" in labels:
+                fail(f"the script dropped the exe label, yet: {labels}")
             names = [m["frames"][i]["function"] for i in s["frames"]]
             if names[:4] == ["gamma", "beta", "alpha", "main"]:
                 chain_samples += s["count"]

@@ -473,6 +473,7 @@ static void test_decide_bad_returns(void **state)
 		{"{ labels = { ['1abc'] = 'x' } }", "on_process: '1abc' is not a label name"},
 		{"{ labels = { [''] = 'x' } }", "on_process: '' is not a label name"},
 		{"{ labels = { __name__ = 'x' } }", "on_process: label '__name__' is reserved"},
+		{"{ labels = { pid = '1' } }", "on_process: label 'pid' is the process id; it cannot be relabeled"},
 		{"{ labels = { 'x' } }", "on_process: label names must be strings, not number"},
 		{"{ labels = 'team' }", "on_process: labels must be a table"},
 		{"{ labels = { a=' ', b=' ', c=' ', d=' ', e=' ', f=' ', g=' ', h=' ', i=' ',\n"
