@@ -24,8 +24,9 @@ static const char usage[] =
 	"Options given here win over the script's.\n"
 	"\n"
 	"  -s, --script FILE    Lua script that configures sonded and decides what is\n"
-	"                       profiled and exported (e.g. scripts/default.lua; see\n"
-	"                       docs/lua.md); default: none, every process profiled\n"
+	"                       profiled and exported (see docs/lua.md); default:\n"
+	"                       " SONDE_DEFAULT_SCRIPT " if it exists;\n"
+	"                       'none': no script, every process profiled\n"
 	"      --unsafe-script  open os, io, package and load to the script\n"
 	"  -F, --hz N           samples per second on each CPU (default 19)\n"
 	"  -w, --window SEC     length of a profile window in seconds (default 10)\n"
@@ -187,6 +188,13 @@ int main(int argc, char **argv)
 	err = parse_args(argc, argv, &opts);
 	if (err)
 		return err;
+	if (!opts.script && access(SONDE_DEFAULT_SCRIPT, F_OK) == 0)
+		opts.script = SONDE_DEFAULT_SCRIPT;
+	else if (!opts.script)
+		sonde_info("no script (%s does not exist): every process is profiled with the "
+			   "defaults", SONDE_DEFAULT_SCRIPT);
+	else if (strcmp(opts.script, "none") == 0)
+		opts.script = NULL;
 	if (opts.output_dir && (stat(opts.output_dir, &st) != 0 || !S_ISDIR(st.st_mode))) {
 		sonde_err("--output %s: not a directory", opts.output_dir);
 		return 2;

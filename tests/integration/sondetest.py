@@ -90,6 +90,8 @@ class Sonded:
         self.control_url = f"ipc://{self.sockdir}/control.ipc"
         cmd = [sonded_path(), "--http", self.addr, "--hz", str(hz),
                "--export", self.export_url, "--control", self.control_url, *args]
+        if "--script" not in args:  # never an installed default script
+            cmd += ["--script", "none"]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         atexit.register(self._kill)  # a failing test must not leave sonded running
         deadline = time.time() + 20
