@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "control.h"
+#include "lua_msgpack.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -286,10 +287,13 @@ static const char *validate(struct sonde_control_req *r)
 	const msgpack_object *v, *cmd;
 	int ret;
 
+	char why[128];
+
 	msgpack_unpacked_init(&r->unp);
 	r->unpacked = true;
-	ret = msgpack_unpack_next(&r->unp, data, len, &off);
-	if (ret != MSGPACK_UNPACK_SUCCESS || off != len)
+	/* the guarded unpack: a request cannot make msgpack-c reserve gigabytes */
+	ret = sonde_msgpack_unpack(&r->unp, data, len, &off, why, sizeof(why));
+	if (ret != 0 || off != len)
 		return "malformed request: not one msgpack object";
 	if (r->unp.data.type != MSGPACK_OBJECT_MAP)
 		return "malformed request: not a msgpack map";

@@ -1192,7 +1192,7 @@ static const struct command commands[] = {
 	{"tail", BIT(OPT_COUNT), 1},
 };
 
-static int usage_error(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
 {
 	va_list ap;
 

@@ -364,7 +364,7 @@ static char *slurp(const char *path)
 }
 
 /* Runs sondectl ARGS... (NULL-terminated), with the fake's URLs first. */
-static struct run run_ctl(struct fake *f, bool urls, ...)
+static struct run run_ctl(struct fake *f, int urls, ...)
 {
 	char out_path[128], err_path[128];
 	const char *argv[32];
