@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include "control.h"
+#include "nng_listen.h"
 #include "lua_msgpack.h"
 
 #include <errno.h>
@@ -357,73 +358,12 @@ static void on_wake(void *ctx, int fd, uint32_t revents)
 	}
 }
 
-/* mkdir -p of the directory part of path, new directories 0755. */
-static int make_parent_dirs(const char *path, char *err, size_t errlen)
-{
-	char dir[PATH_MAX];
-	char *slash;
-	size_t len = strlen(path);
-
-	if (len >= sizeof(dir)) {
-		snprintf(err, errlen, "ipc path too long: %s", path);
-		return -ENAMETOOLONG;
-	}
-	memcpy(dir, path, len + 1);
-	slash = strrchr(dir, '/');
-	if (!slash || slash == dir)
-		return 0;
-	*slash = '\0';
-	for (char *p = dir + 1;; p++) {
-		bool last = *p == '\0';
-
-		if (*p != '/' && !last)
-			continue;
-		*p = '\0';
-		if (mkdir(dir, 0755) == 0) {
-			/* Whatever the umask, the documented mode. */
-			chmod(dir, 0755);
-		} else if (errno != EEXIST) {
-			int e = errno;
-
-			snprintf(err, errlen, "cannot create %s: %s", dir, strerror(e));
-			return -e;
-		}
-		if (last)
-			break;
-		*p = '/';
-	}
-	return 0;
-}
-
-static int nng_to_errno(int rv)
-{
-	switch (rv) {
-	case NNG_ENOMEM:
-		return ENOMEM;
-	case NNG_EADDRINUSE:
-		return EADDRINUSE;
-	case NNG_EADDRINVAL:
-	case NNG_EINVAL:
-		return EINVAL;
-	case NNG_EPERM:
-		return EACCES;
-	case NNG_ENOTSUP:
-		return ENOTSUP;
-	default:
-		if (rv & NNG_ESYSERR)
-			return rv & ~NNG_ESYSERR;
-		return EIO;
-	}
-}
-
 struct sonde_control *sonde_control__new(struct sonde_loop *loop, const char *url,
 					 const struct sonde_control_handlers *h, char *err,
 					 size_t errlen)
 {
 	char dummy[1];
 	struct sonde_control *c = NULL;
-	nng_listener l;
-	bool ipc = !strncmp(url, "ipc://", 6);
 	int rv, e = 0;
 
 	if (!err) {
@@ -462,32 +402,18 @@ struct sonde_control *sonde_control__new(struct sonde_loop *loop, const char *ur
 	}
 	c->efd_added = true;
 
-	if (ipc) {
-		rv = make_parent_dirs(url + 6, err, errlen);
-		if (rv) {
-			e = -rv;
-			goto cleanup;
-		}
-	}
-
 	rv = nng_rep0_open(&c->sock);
 	if (rv) {
-		e = nng_to_errno(rv);
+		e = sonde_nng_errno(rv);
 		snprintf(err, errlen, "cannot open the control socket: %s", nng_strerror(rv));
 		goto cleanup;
 	}
 	c->sock_open = true;
 	nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, CONTROL_RECVMAXSZ);
 
-	rv = nng_listener_create(&l, c->sock, url);
-	if (!rv && ipc)
-		rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
-	if (!rv)
-		rv = nng_listener_start(l, 0);
+	rv = sonde_nng_listen(c->sock, url, NULL, err, errlen);
 	if (rv) {
-		e = nng_to_errno(rv);
-		snprintf(err, errlen, "cannot listen on %s: %s%s", url, nng_strerror(rv),
-			 rv == NNG_EADDRINUSE ? " (is another sonded running?)" : "");
+		e = -rv;
 		goto cleanup;
 	}
 
@@ -503,7 +429,7 @@ struct sonde_control *sonde_control__new(struct sonde_loop *loop, const char *ur
 			}
 		}
 		if (rv) {
-			e = nng_to_errno(rv);
+			e = sonde_nng_errno(rv);
 			snprintf(err, errlen, "cannot set up the control socket: %s",
 				 nng_strerror(rv));
 			goto cleanup;

@@ -21,6 +21,7 @@
 #include <nng/protocol/pubsub0/pub.h>
 
 #include "export.h"
+#include "nng_listen.h"
 #include "hash.h"
 
 struct sonde_export {
@@ -44,73 +45,12 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errl
 	va_end(ap);
 }
 
-/* nng's codes are its own; callers of a constructor expect errno. */
-static int nng_to_errno(int rv)
-{
-	if (rv & NNG_ESYSERR)
-		return rv & ~NNG_ESYSERR;
-	switch (rv) {
-	case NNG_ENOMEM:
-		return ENOMEM;
-	case NNG_EADDRINUSE:
-		return EADDRINUSE;
-	case NNG_EADDRINVAL:
-	case NNG_EINVAL:
-		return EINVAL;
-	case NNG_ENOTSUP:
-		return EPROTONOSUPPORT;
-	case NNG_EPERM:
-		return EACCES;
-	case NNG_ENOENT:
-		return ENOENT;
-	case NNG_EAGAIN:
-		return EAGAIN;
-	case NNG_ENOSPC:
-		return ENOSPC;
-	case NNG_ENOFILES:
-		return EMFILE;
-	default:
-		return EIO;
-	}
-}
-
-/* mkdir -p of path's directory part: the daemon may be the first to use /run/sonde. */
-static int make_parent_dirs(const char *path, char *err, size_t errlen)
-{
-	char *dir = strdup(path), *p;
-	int ret = 0;
-
-	if (!dir)
-		return -ENOMEM;
-	p = strrchr(dir, '/');
-	if (!p || p == dir)
-		goto cleanup;
-	*p = '\0';
-	for (p = dir + 1; ; p++) {
-		bool last = *p == '\0';
-
-		if (*p != '/' && !last)
-			continue;
-		*p = '\0';
-		if (mkdir(dir, 0755) && errno != EEXIST) {
-			ret = -errno;
-			set_err(err, errlen, "export: cannot create %s: %s", dir, strerror(errno));
-			goto cleanup;
-		}
-		if (last)
-			break;
-		*p = '/';
-	}
-cleanup:
-	free(dir);
-	return ret;
-}
-
 struct sonde_export *sonde_export__new(const char *url, char *err, size_t errlen)
 {
 	struct sonde_export *ex;
 	int rv, port, ret = 0;
 	const char *sep;
+	char why[256];
 
 	ex = calloc(1, sizeof(*ex));
 	if (!ex) {
@@ -118,67 +58,24 @@ struct sonde_export *sonde_export__new(const char *url, char *err, size_t errlen
 		errno = ENOMEM;
 		return NULL;
 	}
-	if (!url || !strstr(url, "://")) {
-		set_err(err, errlen, "export: not a URL: \"%s\" (want ipc://PATH or tcp://HOST:PORT)",
-			url ? url : "");
+	if (!url) {
+		set_err(err, errlen, "export: no URL");
 		ret = -EINVAL;
 		goto cleanup;
 	}
-	if (!strncmp(url, "ipc://", 6)) {
-		struct stat st;
-
-		if (!url[6]) {
-			set_err(err, errlen, "export: %s: no socket path after ipc://", url);
-			ret = -EINVAL;
-			goto cleanup;
-		}
-		/*
-		 * nng replaces whatever it cannot connect to at the path, which
-		 * is right for a dead daemon's socket and wrong for anything else.
-		 */
-		if (!lstat(url + 6, &st) && !S_ISSOCK(st.st_mode)) {
-			set_err(err, errlen, "export: %s exists and is not a socket", url + 6);
-			ret = -EEXIST;
-			goto cleanup;
-		}
-		ret = make_parent_dirs(url + 6, err, errlen);
-		if (ret == -ENOMEM)
-			set_err(err, errlen, "export: out of memory");
-		if (ret)
-			goto cleanup;
-	}
-
 	rv = nng_pub0_open(&ex->sock);
 	if (rv) {
 		set_err(err, errlen, "export: cannot open a pub socket: %s", nng_strerror(rv));
-		ret = -nng_to_errno(rv);
+		ret = -sonde_nng_errno(rv);
 		goto cleanup;
 	}
 	ex->open = true;
 	/* Per-subscriber queue: a window's burst of messages fits, a stalled reader does not. */
 	nng_socket_set_int(ex->sock, NNG_OPT_SENDBUF, SONDE_EXPORT_SENDBUF);
 
-	rv = nng_listener_create(&ex->listener, ex->sock, url);
-	if (rv) {
-		set_err(err, errlen, "export: cannot listen on %s: %s%s", url, nng_strerror(rv),
-			rv == NNG_ENOTSUP ? " (want ipc://PATH or tcp://HOST:PORT)" : "");
-		ret = -nng_to_errno(rv);
-		goto cleanup;
-	}
-	if (!strncmp(url, "ipc://", 6)) {
-		/* Before start, so the file never exists with wider permissions. */
-		rv = nng_listener_set_int(ex->listener, NNG_OPT_IPC_PERMISSIONS, 0600);
-		if (rv) {
-			set_err(err, errlen, "export: %s: cannot set permissions: %s", url,
-				nng_strerror(rv));
-			ret = -nng_to_errno(rv);
-			goto cleanup;
-		}
-	}
-	rv = nng_listener_start(ex->listener, 0);
-	if (rv) {
-		set_err(err, errlen, "export: cannot listen on %s: %s", url, nng_strerror(rv));
-		ret = -nng_to_errno(rv);
+	ret = sonde_nng_listen(ex->sock, url, &ex->listener, why, sizeof(why));
+	if (ret) {
+		set_err(err, errlen, "export: %s", why);
 		goto cleanup;
 	}
 
@@ -258,7 +155,7 @@ int sonde_export__publish(struct sonde_export *ex, const char *topic, const void
 		/* nng owns msg only once a send succeeded. */
 		nng_msg_free(msg);
 		ex->dropped++;
-		return -nng_to_errno(rv);
+		return -sonde_nng_errno(rv);
 	}
 	ex->sent++;
 	return 0;

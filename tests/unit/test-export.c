@@ -856,7 +856,7 @@ static void test_bad_urls(void **state)
 	/* A port already taken. */
 	ex = sonde_export__new("tcp://127.0.0.1:0", err, sizeof(err));
 	assert_non_null(ex);
-	snprintf(want, sizeof(want), "export: cannot listen on %s: Address in use",
+	snprintf(want, sizeof(want), "export: cannot listen on %s: Address in use (is another sonded running?)",
 		 sonde_export__url(ex));
 	expect_new_error(sonde_export__url(ex), EADDRINUSE, want);
 	sonde_export__free(ex);
@@ -865,7 +865,7 @@ static void test_bad_urls(void **state)
 	snprintf(url, sizeof(url), "ipc://%s/live.ipc", tmpdir);
 	ex = sonde_export__new(url, err, sizeof(err));
 	assert_non_null(ex);
-	snprintf(want, sizeof(want), "export: cannot listen on %s: Address in use", url);
+	snprintf(want, sizeof(want), "export: cannot listen on %s: Address in use (is another sonded running?)", url);
 	expect_new_error(url, EADDRINUSE, want);
 	sonde_export__free(ex);
 
