@@ -548,6 +548,13 @@ static void daemon_free(struct sonde_daemon *d)
 	free(d);
 }
 
+static int publish_for_plugins(void *ctx, const char *topic, const void *msgpack, size_t len)
+{
+	struct sonde_daemon *d = ctx;
+
+	return d->export ? sonde_export__publish(d->export, topic, msgpack, len) : -ENOTCONN;
+}
+
 /* Loads the plugins the script names; a required one that fails stops the start. */
 static int load_plugins(struct sonde_daemon *d)
 {
@@ -556,6 +563,8 @@ static int load_plugins(struct sonde_daemon *d)
 		.loop = d->loop,
 		.bpf = d->host,
 		.plugin_dir = d->opts->plugin_dir ? d->opts->plugin_dir : SONDE_PLUGIN_DIR,
+		.publish = publish_for_plugins,
+		.publish_ctx = d,
 	};
 	struct sonde_plugin_kv kvs[64];
 	char err[512];

@@ -36,6 +36,7 @@
  */
 static const size_t descriptor_min_size[SONDE_PLUGIN_ABI_MINOR + 1] = {
 	[0] = offsetofend(struct sonde_plugin, detach_process),
+	[1] = offsetofend(struct sonde_plugin, write_metrics),
 };
 
 struct counter {
@@ -88,6 +89,8 @@ struct decision {
 struct sonde_plugins {
 	struct sonde_loop *loop;
 	struct sonde_bpf_host *bpf;
+	int (*publish)(void *ctx, const char *topic, const void *msgpack, size_t len);
+	void *publish_ctx;
 	char *dir;
 	struct sonde_host **plugins;
 	size_t nplugins, cap;
@@ -377,6 +380,16 @@ static ssize_t host_read_memory(struct sonde_host *h, uint32_t pid, uint64_t add
 	return read_proc_mem(pid, addr, buf, len);
 }
 
+static int host_publish(struct sonde_host *host, const char *topic, const void *msgpack,
+			size_t len)
+{
+	struct sonde_plugins *ps = host->ps;
+
+	if (!ps->publish)
+		return -ENOTCONN;
+	return ps->publish(ps->publish_ctx, topic, msgpack, len);
+}
+
 static const struct sonde_host_api host_api = {
 	.size = sizeof(struct sonde_host_api),
 	.abi_major = SONDE_PLUGIN_ABI_MAJOR,
@@ -391,6 +404,7 @@ static const struct sonde_host_api host_api = {
 	.add_timer = host_add_timer,
 	.cancel_timer = host_cancel_timer,
 	.read_memory = host_read_memory,
+	.publish = host_publish,
 };
 
 /* --- loading ----------------------------------------------------------------------------- */
@@ -408,6 +422,8 @@ struct sonde_plugins *sonde_plugins__new(const struct sonde_plugin_services *svc
 		return NULL;
 	ps->loop = svc->loop;
 	ps->bpf = svc->bpf;
+	ps->publish = svc->publish;
+	ps->publish_ctx = svc->publish_ctx;
 	ps->next_kind = 1; /* 0 is a native frame */
 	ps->nbuckets = 64;
 	ps->dir = strdup(svc->plugin_dir ? svc->plugin_dir : DEFAULT_PLUGIN_DIR);
@@ -1086,6 +1102,28 @@ static void put_name(struct sonde_strbuf *out, const struct sonde_host *h, const
 	sonde_strbuf__puts(out, "_total");
 }
 
+/* A plugin's own families (ABI 1.1), through a memory stream. */
+static void write_plugin_metrics(const struct sonde_host *h, struct sonde_strbuf *out)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f;
+	int rc;
+
+	if (!h->desc.write_metrics)
+		return;
+	f = open_memstream(&text, &len);
+	if (!f)
+		return;
+	rc = h->desc.write_metrics(h->state, f);
+	if (fclose(f) == 0 && rc == 0)
+		sonde_strbuf__append(out, text, len);
+	else
+		sonde_log(SONDE_LOG_DEBUG, "plugin %s: write_metrics failed: %s", h->desc.name,
+			  strerror(rc < 0 ? -rc : EIO));
+	free(text);
+}
+
 void sonde_plugins__metrics(const struct sonde_plugins *ps, struct sonde_strbuf *out)
 {
 	const struct counter *c;
@@ -1107,6 +1145,7 @@ void sonde_plugins__metrics(const struct sonde_plugins *ps, struct sonde_strbuf 
 			put_name(out, h, c);
 			sonde_strbuf__printf(out, " %llu\n", (unsigned long long)c->value);
 		}
+		write_plugin_metrics(h, out);
 	}
 }
 

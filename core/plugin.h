@@ -34,6 +34,9 @@ struct sonde_plugin_services {
 	struct sonde_loop *loop;    /* required */
 	struct sonde_bpf_host *bpf; /* NULL: map_fd gives -ENOENT, register_unwinder -ENOTSUP */
 	const char *plugin_dir;	    /* where sonde-<name>.so live; NULL: /usr/lib/sonde */
+	/* the export socket, for the host's publish service; NULL: exports off */
+	int (*publish)(void *ctx, const char *topic, const void *msgpack, size_t len);
+	void *publish_ctx;
 };
 
 /* NULL and errno on failure (EINVAL without a loop). */

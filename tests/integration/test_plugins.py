@@ -43,7 +43,7 @@ try:
         log = d.output()
         if "plugin good: up: verbose=0 depth=32 label=from-script" not in log:
             fail(f"the good plugin did not start with the script's settings:\n{log}")
-        want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks 1.0: "
+        want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks 1.1: "
                 "going on without plugin wrong-abi")
         if want not in log:
             fail(f"no clear line for the broken plugin (wanted '{want}'):\n{log}")
@@ -63,6 +63,8 @@ try:
         m = re.search(r"^sonde_plugin_good_processes_attached_total (\d+)$", body.decode(), re.M)
         if not m or int(m.group(1)) < 1:
             fail(f"no plugin counter on /metrics:\n{body.decode()[:2000]}")
+        if '\ngood_widgets{color="blue"} 3\n' not in body.decode():
+            fail("the plugin's own metric family (write_metrics) is not on /metrics")
         r = subprocess.run([sondectl_path(), "--control", d.control_url, "status", "--json"],
                            capture_output=True, text=True, timeout=30)
         if [p["name"] for p in json.loads(r.stdout)["plugins"]] != ["good"]:
@@ -76,7 +78,7 @@ with open(script, "w") as f:
 r = subprocess.run([sonded_path(), "--script", script, "--plugin-dir", plugins, "--http", "none",
                     "--export", "none", "--control", "none"],
                    capture_output=True, text=True, timeout=60)
-want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks 1.0 "
+want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks 1.1 "
         "(the script requires plugin wrong-abi)")
 if r.returncode != 1 or want not in r.stderr:
     fail(f"a required broken plugin: exit {r.returncode}, wanted '{want}':\n{r.stderr}")

@@ -124,6 +124,16 @@ static const struct sonde_plugin_setting good_settings_table[] = {
 	{SONDE_SETTING_END},
 };
 
+/* ABI 1.1: a labeled family of its own on /metrics. */
+static int good_metrics(void *state, FILE *out)
+{
+	(void)state;
+	fprintf(out, "# HELP good_widgets Widgets the good plugin holds, by color.\n"
+		     "# TYPE good_widgets gauge\n"
+		     "good_widgets{color=\"blue\"} 3\n");
+	return 0;
+}
+
 extern const struct sonde_plugin sonde_plugin;
 const struct sonde_plugin sonde_plugin = {
 	.magic = SONDE_PLUGIN_MAGIC,
@@ -139,4 +149,5 @@ const struct sonde_plugin sonde_plugin = {
 	.fini = good_fini,
 	.attach_process = good_attach,
 	.detach_process = good_detach,
+	.write_metrics = good_metrics,
 };

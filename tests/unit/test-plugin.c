@@ -121,8 +121,8 @@ static void test_refuses_broken_plugins(void **state)
 	/* ABI 1.0 reads the descriptor up to detach_process. */
 	snprintf(want, sizeof(want),
 		 "%s/sonde-too-small.so: descriptor size 12 is too small "
-		 "(ABI %d.%d needs %zu)",
-		 DIR, SONDE_PLUGIN_ABI_MAJOR, SONDE_PLUGIN_ABI_MINOR,
+		 "(ABI %d.0 needs %zu)",
+		 DIR, SONDE_PLUGIN_ABI_MAJOR,
 		 offsetof(struct sonde_plugin, detach_process) + sizeof(void *));
 	assert_int_equal(load(f, "too-small", NULL, 0, err, sizeof(err)), -ENOEXEC);
 	assert_string_equal(err, want);

@@ -23,11 +23,12 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #define SONDE_PLUGIN_MAGIC 0x736f6e64u /* "sond" */
 #define SONDE_PLUGIN_ABI_MAJOR 1
-#define SONDE_PLUGIN_ABI_MINOR 0
+#define SONDE_PLUGIN_ABI_MINOR 1
 #define SONDE_PLUGIN_SYMBOL "sonde_plugin"
 
 struct sonde_host; /* the core, opaque to plugins */
@@ -120,6 +121,15 @@ struct sonde_host_api {
 	/* Reads len bytes at addr of process pid. Bytes read, or -errno. */
 	ssize_t (*read_memory)(struct sonde_host *host, uint32_t pid, uint64_t addr, void *buf,
 			       size_t len);
+
+	/* ABI 1.1 (check size before use): */
+
+	/*
+	 * Sends one msgpack map on the export socket under topic (see
+	 * docs/export.md; e.g. "red"). 0, or -errno (-ENOTCONN: exports are
+	 * off).
+	 */
+	int (*publish)(struct sonde_host *host, const char *topic, const void *msgpack, size_t len);
 };
 
 /* A plugin setting, declared by the plugin and filled from the script. */
@@ -172,6 +182,17 @@ struct sonde_plugin {
 			      size_t reasonlen);
 	/* The process exited or the script dropped it. Optional. */
 	void (*detach_process)(void *state, uint32_t pid);
+
+	/* ABI 1.1: */
+
+	/*
+	 * Writes the plugin's own metric families to out in the Prometheus
+	 * text format (HELP and TYPE lines included), for /metrics: histograms
+	 * and labeled series the counter service cannot express. Names should
+	 * start with the plugin's domain (e.g. http_server_...). 0 or -errno.
+	 * Optional.
+	 */
+	int (*write_metrics)(void *state, FILE *out);
 };
 
 #define SONDE_DECLINE 1
