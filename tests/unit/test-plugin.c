@@ -436,7 +436,11 @@ static void test_counter_in_metrics(void **state)
 	assert_string_equal(sb.data, "# HELP sonde_plugin_good_processes_attached_total "
 				     "Processes the good plugin attached.\n"
 				     "# TYPE sonde_plugin_good_processes_attached_total counter\n"
-				     "sonde_plugin_good_processes_attached_total 2\n");
+				     "sonde_plugin_good_processes_attached_total 2\n"
+				     /* its own family, through write_metrics (ABI 1.1) */
+				     "# HELP good_widgets Widgets the good plugin holds, by color.\n"
+				     "# TYPE good_widgets gauge\n"
+				     "good_widgets{color=\"blue\"} 3\n");
 	sonde_strbuf__release(&sb);
 }
 
