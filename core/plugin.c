@@ -831,6 +831,18 @@ int sonde_plugins__load(struct sonde_plugins *ps, const char *name,
 		h->path = strdup(name);
 	else if (asprintf(&h->path, "%s/sonde-%s.so", ps->dir, name) < 0)
 		h->path = NULL;
+	/* A build tree keeps each plugin in a folder of its name: DIR/NAME/. */
+	if (h->path && !by_path && access(h->path, F_OK) != 0) {
+		char *nested = NULL;
+
+		if (asprintf(&nested, "%s/%s/sonde-%s.so", ps->dir, name, name) >= 0 &&
+		    access(nested, F_OK) == 0) {
+			free(h->path);
+			h->path = nested;
+		} else {
+			free(nested);
+		}
+	}
 	if (!h->path)
 		goto nomem;
 	if (!by_path && (other = find_plugin(ps, name))) {

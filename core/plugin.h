@@ -52,7 +52,8 @@ struct sonde_plugin_kv {
 };
 
 /*
- * Loads plugin name from <plugin_dir>/sonde-<name>.so, or from the path
+ * Loads plugin name from <plugin_dir>/sonde-<name>.so (or, as in a build
+ * tree, <plugin_dir>/<name>/sonde-<name>.so), or from the path
  * name when it contains a '/' (the plugin is then known by the name its
  * descriptor declares). A plugin loaded by name must declare that name.
  * Fills its settings (defaults, then kvs in order; the last of a repeated
