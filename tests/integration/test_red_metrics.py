@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""red-metrics against real servers: Python's http.server (keep-alive, a
+route that sleeps 50 ms) and nginx (sendfile, keep-alive, wrk), with exact
+numbers of requests per route and status. The histograms on /metrics must
+count them exactly, put /slow in the 0.05 < d <= 0.075 bucket, never show a
+query string, and a real Prometheus scraping sonded must return them."""
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+
+from sondetest import (Sonded, build_dir, fail, free_port, http_get, require_root,
+                       require_tool, sondectl_path)
+
+require_root()
+curl = require_tool("curl")
+nginx = require_tool("nginx")
+wrk = require_tool("wrk")
+prometheus = require_tool("prometheus")
+
+source = os.environ["SONDE_SOURCE_DIR"]
+plugin_dir = os.path.join(build_dir(), "plugins", "red-metrics")
+work = tempfile.mkdtemp(prefix="sonde-red-")
+procs = []
+
+
+def start(cmd, **kw):
+    p = subprocess.Popen(cmd, **kw)
+    procs.append(p)
+    return p
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels)): value} for every sample line."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+            out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def sample(metrics, name, **labels):
+    """The one value of name whose labels include these; None if none."""
+    want = {(k, str(v)) for k, v in labels.items()}
+    hits = [v for (n, ls), v in metrics.items() if n == name and want <= ls]
+    if len(hits) > 1:
+        fail(f"{name}{labels} matches {len(hits)} series")
+    return hits[0] if hits else None
+
+
+try:
+    # Python's http.server, the fixture with known routes.
+    py = start(["/usr/bin/python3", os.path.join(source, "tests/fixtures/red/server.py")],
+               stdout=subprocess.PIPE, text=True)
+    py_port = int(py.stdout.readline().split()[1])
+
+    # nginx serving static files with sendfile and keep-alive.
+    www = os.path.join(work, "www")
+    os.makedirs(os.path.join(work, "logs"))
+    os.makedirs(www)
+    big = os.urandom(20000)
+    with open(os.path.join(www, "big.bin"), "wb") as f:
+        f.write(big)
+    with open(os.path.join(www, "small.txt"), "w") as f:
+        f.write("small\n")
+    ng_port = free_port()
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""daemon off;
+master_process on;
+worker_processes 2;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/logs/error.log;
+events {{ worker_connections 256; }}
+http {{
+  access_log {work}/logs/access.log;
+  sendfile on;
+  keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{ng_port}; root {www}; }}
+}}
+""")
+    ng = start([nginx, "-c", conf, "-p", work])
+    deadline = time.time() + 10
+    while not os.path.exists(f"{work}/nginx.pid") and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # its workers
+
+    script = os.path.join(work, "red.lua")
+    with open(script, "w") as f:
+        f.write(f"""
+plugin "red-metrics" {{ required = true }}
+on_process(function(p)
+  if p.pid == {py.pid} or p.comm == "nginx" then
+    return {{ unwinders = {{ "red-metrics" }} }}
+  end
+  return false
+end)
+""")
+
+    with Sonded("--script", script, "--plugin-dir", plugin_dir) as d:
+        # Wait until the servers are attached, so no request is missed.
+        deadline = time.time() + 20
+        while True:
+            r = subprocess.run([sondectl_path(), "--control", d.control_url, "ps", "--json"],
+                               capture_output=True, text=True, timeout=30)
+            ps = json.loads(r.stdout)["processes"] if r.returncode == 0 else []
+            attached = [p for p in ps if p["unwinders"] == ["red-metrics"]]
+            if any(p["pid"] == py.pid for p in attached) and \
+                    sum(p["comm"] == "nginx" for p in attached) >= 3:
+                break
+            if time.time() > deadline:
+                fail(f"the servers were not attached within 20 s: {attached}\n{d.output()}")
+            time.sleep(0.2)
+
+        # Python: one keep-alive connection through http.client ...
+        want_py = {("/ok", 200): 7, ("/missing", 404): 3, ("/fail", 500): 2, ("/slow", 200): 4,
+                   ("/users/*", 200): 5}
+        conn = http.client.HTTPConnection("127.0.0.1", py_port, timeout=30)
+        paths = (["/ok"] * 6 + ["/ok?token=secret123"] + ["/missing"] * 3 + ["/fail"] * 2 +
+                 ["/slow"] * 4 + [f"/users/{1000 + i}" for i in range(5)])
+        for path in paths:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+        conn.close()
+        # ... and curl: several URLs on one connection.
+        base = f"http://127.0.0.1:{py_port}"
+        subprocess.run([curl, "-sf", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+                        f"{base}/ok", f"{base}/ok", f"{base}/slow"], check=True, timeout=30)
+        want_py[("/ok", 200)] += 2
+        want_py[("/slow", 200)] += 1
+
+        # nginx: curl with several URLs on one connection, sendfile bodies.
+        base = f"http://127.0.0.1:{ng_port}"
+        urls = [f"{base}/big.bin"] * 4 + [f"{base}/small.txt"] * 3 + [f"{base}/nope"] * 2
+        subprocess.run([curl, "-s", *sum((["-o", "/dev/null"] for _ in urls), []), *urls],
+                       check=True, timeout=30)
+        subprocess.run([curl, "-sf", "-I", "-o", "/dev/null", f"{base}/big.bin"], check=True,
+                       timeout=30)
+        # wrk: many keep-alive connections; nginx's access log says how many.
+        w = subprocess.run([wrk, "-t2", "-c8", "-d2s", f"{base}/small.txt?from=wrk"],
+                           capture_output=True, text=True, timeout=60)
+        if w.returncode != 0:
+            fail(f"wrk failed: {w.stdout}{w.stderr}")
+        time.sleep(0.5)  # wrk's last responses, and nginx's log
+        with open(f"{work}/logs/access.log") as f:
+            wrk_count = sum(1 for line in f if "/small.txt?from=wrk" in line)
+
+        _, body = http_get(d.url("/metrics"))
+        text = body.decode()
+        m = parse_metrics(text)
+
+        def count(**labels):
+            return sample(m, "http_server_request_duration_seconds_count", **labels)
+
+        for (route, status), n in want_py.items():
+            got = count(service_name="python3", http_route=route, http_request_method="GET",
+                        http_response_status_code=status, server_port=py_port,
+                        url_scheme="http")
+            if got != n:
+                fail(f"python3 {route} {status}: {got} requests counted, {n} sent\n{text}")
+        if count(service_name="python3", http_route="/fail", error_type=500) != 2:
+            fail("the 5xx series carries no error_type=\"500\"")
+        slow = dict(service_name="python3", http_route="/slow")
+        le05 = sample(m, "http_server_request_duration_seconds_bucket", le="0.05", **slow)
+        le075 = sample(m, "http_server_request_duration_seconds_bucket", le="0.075", **slow)
+        if le05 != 0 or le075 != want_py[("/slow", 200)]:
+            fail(f"/slow (50 ms): le=0.05 holds {le05}, le=0.075 holds {le075}, wanted 0 and "
+                 f"{want_py[('/slow', 200)]}")
+        fast = sample(m, "http_server_request_duration_seconds_bucket", le="0.05",
+                      service_name="python3", http_route="/ok")
+        if fast != want_py[("/ok", 200)]:
+            fail(f"/ok: {fast} of {want_py[('/ok', 200)]} under 50 ms")
+        for secret in ("secret123", "token=", "from=wrk", "/users/100"):
+            if secret in text:
+                fail(f"'{secret}' (a raw path or query) is on /metrics")
+
+        want_ng = {("/big.bin", "GET", 200): 4, ("/small.txt", "GET", 200): 3 + wrk_count,
+                   ("/nope", "GET", 404): 2, ("/big.bin", "HEAD", 200): 1}
+        for (route, method, status), n in want_ng.items():
+            got = count(service_name="nginx", http_route=route, http_request_method=method,
+                        http_response_status_code=status, server_port=ng_port)
+            if got != n:
+                fail(f"nginx {method} {route} {status}: {got} counted, {n} sent "
+                     f"(wrk: {wrk_count})\n{text[:3000]}")
+        size = sample(m, "http_server_response_body_size_bytes_sum", service_name="nginx",
+                      http_route="/big.bin", http_request_method="GET")
+        if size != 4 * len(big):
+            fail(f"nginx /big.bin response bytes: {size}, wanted {4 * len(big)}")
+        for name in ("aborted", "unpaired", "bad_heads", "ringbuf_drops"):
+            v = d.metric(f"sonde_plugin_red_metrics_{name}_total")
+            if v != 0:
+                fail(f"sonde_plugin_red_metrics_{name}_total is {v}")
+        print(f"ok: python3 {sum(want_py.values())} and nginx {sum(want_ng.values())} "
+              f"requests (wrk {wrk_count}) counted exactly")
+
+        # A real Prometheus scrapes sonded and answers for the series.
+        prom_port = free_port()
+        pconf = os.path.join(work, "prometheus.yml")
+        with open(pconf, "w") as f:
+            f.write(f"""global: {{ scrape_interval: 1s }}
+scrape_configs:
+  - job_name: sonde
+    static_configs: [{{ targets: ["{d.addr}"] }}]
+""")
+        start([prometheus, f"--config.file={pconf}", f"--storage.tsdb.path={work}/tsdb",
+               f"--web.listen-address=127.0.0.1:{prom_port}"],
+              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        query = ('http_server_request_duration_seconds_count{service_name="python3",'
+                 'http_route="/fail",http_response_status_code="500"}')
+        url = (f"http://127.0.0.1:{prom_port}/api/v1/query?" +
+               urllib.parse.urlencode({"query": query}))
+        deadline = time.time() + 40
+        result = None
+        while time.time() < deadline:
+            try:
+                _, b = http_get(url, timeout=5)
+                result = json.loads(b)["data"]["result"]
+                if result:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        if not result or float(result[0]["value"][1]) != 2:
+            fail(f"Prometheus returned {result} for {query}")
+        print("ok: Prometheus scraped the series and returns /fail = 2")
+finally:
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    shutil.rmtree(work, ignore_errors=True)
