@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * The DWARF CFI walker: tail-called from the core's sampler for processes
+ * the script gave unwind-native. It walks the user stack with the rows
+ * userspace built from each ELF's .eh_frame (native.h), writes the frames
+ * after the kernel frames of the core's scratch sample, as the frame-pointer
+ * walk does, and emits it. Each frame goes through bpf_loop's callback, so
+ * the verifier checks one step, not SONDE_MAX_USTACK of them.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "sample.bpf.h"
+#include "native.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define PF_KTHREAD 0x00200000 /* include/linux/sched.h */
+
+/* Every table's rows, each table a slice [first, first + rows). Sized by
+ * userspace (max_rows setting) and filled through mmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct sonde_unw_row);
+} unw_rows SEC(".maps");
+
+/* tgid -> the process's executable mappings (max_processes setting). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct sonde_unw_proc);
+} unw_procs SEC(".maps");
+
+/* tgid -> first time a pc fell in no known mapping; userspace rescans the
+ * process's maps and deletes the entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} unw_rescan SEC(".maps");
+
+/* enum sonde_unw_stat counters, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SONDE_UNW_STAT__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} unw_stats SEC(".maps");
+
+/* log2 of unw_rows' size, rounded up: the steps of the row search. Set
+ * by userspace before load. */
+const volatile __u32 row_search_steps = 24;
+
+struct walk {
+	struct sonde_sample *s;
+	struct sonde_unw_proc *proc;
+	__u64 pc, sp, bp;
+	__u32 k;   /* index of the next frame in s->frames */
+	__u32 n;   /* user frames written */
+	__u32 end; /* the enum sonde_unw_stat that ended the walk */
+	__u32 tgid;
+};
+
+static __always_inline void stat_inc(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&unw_stats, &stat);
+
+	if (v)
+		*v += 1;
+}
+
+/* Binary searches run as bpf_loop callbacks: the verifier checks one step
+ * instead of every path through an unrolled search. Each finds the last
+ * entry of [lo, hi) whose start is at or below key. */
+struct search {
+	struct sonde_unw_proc *proc; /* mappings; NULL: rows of unw_rows */
+	__u64 key;
+	__u32 base; /* rows: index of the table's first row */
+	__u32 lo, hi;
+};
+
+static long search_cb(__u32 i, void *ctx)
+{
+	struct search *q = ctx;
+	__u32 mid, idx;
+	__u64 start;
+
+	if (q->lo >= q->hi)
+		return 1;
+	mid = q->lo + (q->hi - q->lo) / 2;
+	if (q->proc) {
+		start = q->proc->mappings[mid & (SONDE_UNW_MAX_MAPPINGS - 1)].start;
+	} else {
+		struct sonde_unw_row *r;
+
+		idx = q->base + mid;
+		r = bpf_map_lookup_elem(&unw_rows, &idx);
+		if (!r)
+			return 1;
+		start = r->pc;
+	}
+	if (start <= q->key)
+		q->lo = mid + 1;
+	else
+		q->hi = mid;
+	return 0;
+}
+
+/* The mapping holding pc. */
+static __always_inline struct sonde_unw_mapping *find_mapping(struct sonde_unw_proc *proc, __u64 pc)
+{
+	struct search q = {.proc = proc, .key = pc, .hi = proc->nmappings};
+	struct sonde_unw_mapping *m;
+
+	if (q.hi > SONDE_UNW_MAX_MAPPINGS)
+		q.hi = SONDE_UNW_MAX_MAPPINGS;
+	bpf_loop(8, search_cb, &q, 0); /* 2^7 = SONDE_UNW_MAX_MAPPINGS */
+	if (!q.lo || q.lo < q.hi)
+		return NULL;
+	m = &proc->mappings[(q.lo - 1) & (SONDE_UNW_MAX_MAPPINGS - 1)];
+	return pc < m->end ? m : NULL;
+}
+
+/* The row covering ELF address addr in [first, first + count), or NULL. */
+static __always_inline struct sonde_unw_row *find_row(__u32 first, __u32 count, __u64 addr)
+{
+	struct search q = {.key = addr, .base = first, .hi = count};
+	__u32 key;
+
+	bpf_loop(row_search_steps + 1, search_cb, &q, 0);
+	if (!q.lo || q.lo < q.hi)
+		return NULL;
+	key = first + q.lo - 1;
+	return bpf_map_lookup_elem(&unw_rows, &key);
+}
+
+/* Where no row applies: trust rbp as a frame pointer if it points into the
+ * stack above sp. 0 when the frame was stepped. */
+static __always_inline int step_fp(struct walk *w)
+{
+	__u64 frame[2];
+
+	if (w->bp <= w->sp || w->bp - w->sp > (8u << 20) || (w->bp & 7))
+		return -1;
+	if (bpf_probe_read_user(frame, sizeof(frame), (void *)w->bp))
+		return -1;
+	w->sp = w->bp + 16;
+	w->bp = frame[0];
+	w->pc = frame[1];
+	stat_inc(SONDE_UNW_FRAMES_FP);
+	return 0;
+}
+
+/* The registers the kernel saved on the signal frame: rt_sigframe's
+ * ucontext sits at sp once the handler returned into __restore_rt, its
+ * uc_mcontext at +40, and in it rbp, rsp and rip at +80, +120, +128. */
+static __always_inline int step_signal(struct walk *w)
+{
+	__u64 rbp, rsp, rip;
+
+	if (bpf_probe_read_user(&rbp, 8, (void *)(w->sp + 40 + 80)) ||
+	    bpf_probe_read_user(&rsp, 8, (void *)(w->sp + 40 + 120)) ||
+	    bpf_probe_read_user(&rip, 8, (void *)(w->sp + 40 + 128)))
+		return SONDE_UNW_STOP_READ_FAILED;
+	w->bp = rbp;
+	w->sp = rsp;
+	w->pc = rip;
+	return -1;
+}
+
+/* One frame: record pc, then find the caller's pc, sp and rbp. Returns -1
+ * to go on, or the enum sonde_unw_stat that ends the walk. */
+static __always_inline int step(struct walk *w, __u32 i)
+{
+	struct sonde_unw_mapping *m;
+	struct sonde_unw_row *r;
+	__u64 addr, cfa, ra;
+	__s64 off;
+	__u32 k = w->k;
+
+	if (k >= SONDE_MAX_FRAMES || w->n >= SONDE_MAX_USTACK)
+		return SONDE_UNW_STOP_FRAME_LIMIT;
+	w->s->frames[k] = w->pc;
+	w->k = k + 1;
+	w->n++;
+
+	m = find_mapping(w->proc, w->pc);
+	if (!m) {
+		__u64 now = bpf_ktime_get_ns();
+
+		if (!bpf_map_update_elem(&unw_rescan, &w->tgid, &now, BPF_NOEXIST))
+			stat_inc(SONDE_UNW_RESCAN_REQUESTS);
+		return step_fp(w) ? SONDE_UNW_STOP_NO_MAPPING : -1;
+	}
+	/* A return address points after the call; the call is what ran. */
+	addr = w->pc - m->bias - (i ? 1 : 0);
+	r = m->rows ? find_row(m->first, m->rows, addr) : NULL;
+	if (!r || SONDE_UNW_ROW_CFA(r) == SONDE_UNW_CFA_END)
+		return step_fp(w) ? SONDE_UNW_STOP_NO_CFI : -1;
+
+	switch (SONDE_UNW_ROW_CFA(r)) {
+	case SONDE_UNW_CFA_RSP:
+		cfa = w->sp + (__s64)r->cfa_off * 8;
+		break;
+	case SONDE_UNW_CFA_RBP:
+		cfa = w->bp + (__s64)r->cfa_off * 8;
+		break;
+	case SONDE_UNW_CFA_PLT:
+		cfa = w->sp + 8 + ((w->pc & 15) >= (__u64)r->cfa_off ? 8 : 0);
+		break;
+	case SONDE_UNW_CFA_OUTERMOST:
+		return SONDE_UNW_END_OUTERMOST;
+	case SONDE_UNW_CFA_SIGNAL:
+		stat_inc(SONDE_UNW_FRAMES_CFI);
+		return step_signal(w);
+	default:
+		return SONDE_UNW_STOP_UNSUPPORTED;
+	}
+	if (cfa <= w->sp)
+		return SONDE_UNW_STOP_NOT_ADVANCING;
+	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
+		return SONDE_UNW_STOP_READ_FAILED;
+	if (SONDE_UNW_ROW_RBP(r) == SONDE_UNW_RBP_CFA) {
+		off = (__s64)r->rbp_off * 8;
+		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)(cfa + off)))
+			return SONDE_UNW_STOP_READ_FAILED;
+	}
+	stat_inc(SONDE_UNW_FRAMES_CFI);
+	if (!ra)
+		return SONDE_UNW_END_ZERO_RA;
+	w->pc = ra;
+	w->sp = cfa;
+	return -1;
+}
+
+static long step_cb(__u32 i, void *ctx)
+{
+	struct walk *w = ctx;
+	int end = step(w, i);
+
+	if (end < 0)
+		return 0;
+	w->end = end;
+	return 1;
+}
+
+SEC("perf_event")
+int unwind_native(struct bpf_perf_event_data *ctx)
+{
+	struct sonde_sample *s = sonde_scratch();
+	struct walk w = {0};
+
+	if (!s)
+		return 0;
+	w.s = s;
+	w.tgid = s->hdr.pid;
+	w.k = s->kstack_len;
+	if (s->flags & SONDE_SAMPLE_USER_MODE) {
+		w.pc = ctx->regs.ip;
+		w.sp = ctx->regs.sp;
+		w.bp = ctx->regs.bp;
+	} else {
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct pt_regs *regs, uregs;
+
+		if (task->flags & PF_KTHREAD) {
+			stat_inc(SONDE_UNW_END_KTHREAD);
+			s->ustack_len = 0;
+			return sonde_sample_emit(s);
+		}
+		/* a copy: the compiler would merge these loads with the ctx ones
+		 * above, and the verifier refuses a ctx pointer moved that way */
+		regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		if (bpf_probe_read_kernel(&uregs, sizeof(uregs), regs)) {
+			stat_inc(SONDE_UNW_STOP_READ_FAILED);
+			s->ustack_len = 0;
+			return sonde_sample_emit(s);
+		}
+		w.pc = uregs.ip;
+		w.sp = uregs.sp;
+		w.bp = uregs.bp;
+	}
+	w.proc = bpf_map_lookup_elem(&unw_procs, &w.tgid);
+	if (!w.proc) {
+		stat_inc(SONDE_UNW_STOP_NO_PROC);
+		return sonde_unwind_fp(ctx, s);
+	}
+	w.end = SONDE_UNW_STOP_FRAME_LIMIT;
+	bpf_loop(SONDE_MAX_USTACK, step_cb, &w, 0);
+	stat_inc(w.end);
+	s->ustack_len = w.n;
+	if (w.end == SONDE_UNW_STOP_FRAME_LIMIT) {
+		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
+		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
+	} else if (w.end > SONDE_UNW_END_KTHREAD) {
+		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
+		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
+	}
+	return sonde_sample_emit(s);
+}

@@ -1,0 +1,413 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Table generation with libdw's CFI API. libdw already runs the CIE and FDE
+ * programs (and the x86-64 ABI defaults) for us: asking for the frame at an
+ * address gives the rule set and the range it holds for, so walking each
+ * FDE row by row is "ask at start, continue at end". The FDE starts come
+ * from .eh_frame_hdr's sorted search table, which every GNU and LLVM linker
+ * writes.
+ */
+#include <dwarf.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <elfutils/libdw.h>
+#include <elfutils/libdwelf.h>
+#include <gelf.h>
+
+#include "tables.h"
+
+#define REG_RBP 6
+#define REG_RSP 7
+#define REG_RA	16
+
+#ifndef PT_GNU_EH_FRAME
+#define PT_GNU_EH_FRAME 0x6474e550
+#endif
+
+struct builder {
+	struct sonde_unw_table *t;
+	size_t cap;
+	bool too_far; /* a row's address did not fit 32 bits */
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Appends r; a row that repeats the previous rule adds nothing, and a row at
+ * the previous row's address replaces it (an FDE starting where a gap
+ * began). */
+static int push(struct builder *b, uint64_t pc, struct sonde_unw_row r)
+{
+	struct sonde_unw_table *t = b->t;
+	struct sonde_unw_row *last = t->nrows ? &t->rows[t->nrows - 1] : NULL;
+
+	if (pc > UINT32_MAX) {
+		b->too_far = true;
+		return -EFBIG;
+	}
+	r.pc = (uint32_t)pc;
+	if (last && last->pc == r.pc) {
+		*last = r;
+		if (t->nrows >= 2) {
+			struct sonde_unw_row *prev = &t->rows[t->nrows - 2];
+
+			if (prev->type == r.type && prev->cfa_off == r.cfa_off &&
+			    prev->rbp_off == r.rbp_off)
+				t->nrows--;
+		}
+		return 0;
+	}
+	if (last && last->type == r.type && last->cfa_off == r.cfa_off &&
+	    last->rbp_off == r.rbp_off)
+		return 0;
+	if (t->nrows == b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 1024;
+		struct sonde_unw_row *rows = realloc(t->rows, cap * sizeof(*rows));
+
+		if (!rows)
+			return -ENOMEM;
+		t->rows = rows;
+		b->cap = cap;
+	}
+	t->rows[t->nrows++] = r;
+	return 0;
+}
+
+/* gcc and ld's lazy-binding .plt: CFA = rsp + 8 + ((rip & 15) >= N) << 3,
+ * with N 11 (classic) or 10 (IBT). Returns N or 0. */
+static int plt_threshold(const Dwarf_Op *ops, size_t n)
+{
+	if (n != 9 || ops[0].atom != DW_OP_breg7 || (int64_t)ops[0].number != 8 ||
+	    ops[1].atom != DW_OP_breg16 || ops[1].number != 0 || ops[2].atom != DW_OP_lit15 ||
+	    ops[3].atom != DW_OP_and || ops[5].atom != DW_OP_ge || ops[6].atom != DW_OP_lit3 ||
+	    ops[7].atom != DW_OP_shl || ops[8].atom != DW_OP_plus)
+		return 0;
+	if (ops[4].atom == DW_OP_lit11)
+		return 11;
+	if (ops[4].atom == DW_OP_lit10)
+		return 10;
+	return 0;
+}
+
+/* A register rule "saved at CFA + off"; libdw spells it call_frame_cfa,
+ * plus_uconst off (off wrapped to unsigned). */
+static bool saved_at_cfa(const Dwarf_Op *ops, size_t n, int64_t *off)
+{
+	if (n == 1 && ops[0].atom == DW_OP_call_frame_cfa) {
+		*off = 0;
+		return true;
+	}
+	if (n == 2 && ops[0].atom == DW_OP_call_frame_cfa && ops[1].atom == DW_OP_plus_uconst) {
+		*off = (int64_t)ops[1].number;
+		return true;
+	}
+	return false;
+}
+
+static struct sonde_unw_row unsupported(struct sonde_unw_table_stats *st)
+{
+	st->unsupported++;
+	return (struct sonde_unw_row){.type = SONDE_UNW_CFA_UNSUPPORTED};
+}
+
+/* Turns libdw's rule set into a row, or an UNSUPPORTED one. */
+static struct sonde_unw_row classify(Dwarf_Frame *f, bool signalp, struct sonde_unw_table_stats *st)
+{
+	struct sonde_unw_row r = {0};
+	Dwarf_Op mem[3], *ops;
+	size_t n;
+	int64_t off;
+	int plt;
+
+	if (signalp) {
+		st->signal++;
+		return (struct sonde_unw_row){.type = SONDE_UNW_CFA_SIGNAL};
+	}
+	if (dwarf_frame_register(f, REG_RA, mem, &ops, &n) != 0)
+		return unsupported(st);
+	if (n == 0 && ops == mem) { /* undefined: nothing called this frame */
+		st->outermost++;
+		return (struct sonde_unw_row){.type = SONDE_UNW_CFA_OUTERMOST};
+	}
+	if (!saved_at_cfa(ops, n, &off) || off != -8)
+		return unsupported(st);
+
+	if (dwarf_frame_cfa(f, &ops, &n) != 0)
+		return unsupported(st);
+	if (n == 1 && ops[0].atom == DW_OP_bregx &&
+	    (ops[0].number == REG_RSP || ops[0].number == REG_RBP)) {
+		off = (int64_t)ops[0].number2;
+		if (off % 8 || off / 8 > INT16_MAX || off / 8 < INT16_MIN)
+			return unsupported(st);
+		r.type = ops[0].number == REG_RSP ? SONDE_UNW_CFA_RSP : SONDE_UNW_CFA_RBP;
+		r.cfa_off = (int16_t)(off / 8);
+	} else if ((plt = plt_threshold(ops, n))) {
+		st->plt++;
+		r.type = SONDE_UNW_CFA_PLT;
+		r.cfa_off = (int16_t)plt;
+		return r; /* the .plt does not touch rbp */
+	} else {
+		return unsupported(st);
+	}
+
+	if (dwarf_frame_register(f, REG_RBP, mem, &ops, &n) != 0)
+		return unsupported(st);
+	if (n == 0)
+		return r; /* same value, or undefined: the walker keeps what it has */
+	if (!saved_at_cfa(ops, n, &off) || off % 8 || off / 8 > INT8_MAX || off / 8 < INT8_MIN)
+		return unsupported(st);
+	r.type |= SONDE_UNW_RBP_CFA << 4;
+	r.rbp_off = (int8_t)(off / 8);
+	return r;
+}
+
+/* Reads one .eh_frame_hdr pointer of encoding enc at p (hdr_vaddr is the
+ * header's address, for datarel; at its own address, for pcrel). */
+static int read_encoded(const uint8_t **p, const uint8_t *end, uint8_t enc, uint64_t here,
+			uint64_t hdr_vaddr, uint64_t *out)
+{
+	uint64_t v;
+	size_t sz;
+
+	switch (enc & 0x0f) {
+	case DW_EH_PE_udata4:
+	case DW_EH_PE_sdata4:
+		sz = 4;
+		break;
+	case DW_EH_PE_udata8:
+	case DW_EH_PE_sdata8:
+		sz = 8;
+		break;
+	default:
+		return -ENOTSUP;
+	}
+	if ((size_t)(end - *p) < sz)
+		return -EINVAL;
+	if (sz == 4) {
+		uint32_t u;
+
+		memcpy(&u, *p, 4);
+		v = (enc & 0x0f) == DW_EH_PE_sdata4 ? (uint64_t)(int64_t)(int32_t)u : u;
+	} else {
+		memcpy(&v, *p, 8);
+	}
+	*p += sz;
+	switch (enc & 0x70) {
+	case DW_EH_PE_absptr:
+		break;
+	case DW_EH_PE_pcrel:
+		v += here;
+		break;
+	case DW_EH_PE_datarel:
+		v += hdr_vaddr;
+		break;
+	default:
+		return -ENOTSUP;
+	}
+	*out = v;
+	return 0;
+}
+
+/* The FDE start addresses of .eh_frame_hdr, sorted as the linker wrote
+ * them. */
+static int fde_starts(Elf *elf, uint64_t **out, size_t *count)
+{
+	const uint8_t *p, *end, *base;
+	uint64_t hdr_vaddr = 0, v, n, *starts = NULL;
+	Elf_Data *data = NULL;
+	GElf_Phdr ph;
+	size_t nph, i;
+	int err;
+
+	if (elf_getphdrnum(elf, &nph) != 0)
+		return -ENOTSUP;
+	for (i = 0; i < nph; i++) {
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_GNU_EH_FRAME) {
+			hdr_vaddr = ph.p_vaddr;
+			data = elf_getdata_rawchunk(elf, (int64_t)ph.p_offset, ph.p_filesz,
+						    ELF_T_BYTE);
+			break;
+		}
+	}
+	if (!data || data->d_size < 4)
+		return -ENODATA;
+	base = p = data->d_buf;
+	end = p + data->d_size;
+	if (p[0] != 1)
+		return -ENOTSUP;
+	p += 4;
+	err = read_encoded(&p, end, base[1], hdr_vaddr + (uint64_t)(p - base), hdr_vaddr, &v);
+	if (!err)
+		err = read_encoded(&p, end, base[2], hdr_vaddr + (uint64_t)(p - base), hdr_vaddr,
+				   &n);
+	if (err)
+		return err;
+	if (base[3] == DW_EH_PE_omit || n > (uint64_t)(end - p) / 8)
+		return -ENOTSUP;
+	starts = malloc((n ? n : 1) * sizeof(*starts));
+	if (!starts)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		err = read_encoded(&p, end, base[3], hdr_vaddr + (uint64_t)(p - base), hdr_vaddr,
+				   &starts[i]);
+		if (!err)
+			err = read_encoded(&p, end, base[3], hdr_vaddr + (uint64_t)(p - base),
+					   hdr_vaddr, &v);
+		if (err) {
+			free(starts);
+			return err;
+		}
+	}
+	*out = starts;
+	*count = n;
+	return 0;
+}
+
+struct sonde_unw_table *sonde_unw_table__build(Elf *elf)
+{
+	struct builder b = {0};
+	uint64_t t0 = now_ns(), *starts = NULL, addr = 0;
+	Dwarf_CFI *cfi = NULL;
+	GElf_Ehdr eh;
+	size_t nstarts = 0, i;
+	int err;
+
+	if (!gelf_getehdr(elf, &eh) || eh.e_machine != EM_X86_64) {
+		errno = ENOTSUP;
+		return NULL;
+	}
+	err = fde_starts(elf, &starts, &nstarts);
+	if (err) {
+		errno = -err;
+		return NULL;
+	}
+	b.t = calloc(1, sizeof(*b.t));
+	cfi = dwarf_getcfi_elf(elf);
+	if (!b.t || !cfi) {
+		err = b.t ? -ENODATA : -ENOMEM;
+		goto cleanup;
+	}
+	b.t->stats.fdes = nstarts;
+	for (i = 0; i < nstarts; i++) {
+		bool covered = false;
+
+		if (starts[i] < addr)
+			continue; /* walked already: it follows the previous FDE */
+		addr = starts[i];
+		for (;;) {
+			Dwarf_Addr start, end;
+			Dwarf_Frame *f;
+			bool signalp = false;
+
+			if (dwarf_cfi_addrframe(cfi, addr, &f) != 0)
+				break;
+			if (dwarf_frame_info(f, &start, &end, &signalp) < 0 || end <= addr) {
+				free(f);
+				break;
+			}
+			err = push(&b, addr, classify(f, signalp, &b.t->stats));
+			free(f);
+			if (err)
+				goto cleanup;
+			covered = true;
+			addr = end;
+		}
+		if (covered) {
+			err = push(&b, addr, (struct sonde_unw_row){.type = SONDE_UNW_CFA_END});
+			if (err)
+				goto cleanup;
+		}
+	}
+	for (i = 0; i < b.t->nrows; i++)
+		b.t->stats.gaps += SONDE_UNW_ROW_CFA(&b.t->rows[i]) == SONDE_UNW_CFA_END;
+	b.t->stats.build_ns = now_ns() - t0;
+cleanup:
+	free(starts);
+	if (cfi)
+		dwarf_cfi_end(cfi);
+	if (err) {
+		sonde_unw_table__free(b.t);
+		errno = -err;
+		return NULL;
+	}
+	return b.t;
+}
+
+void sonde_unw_table__free(struct sonde_unw_table *t)
+{
+	if (!t)
+		return;
+	free(t->rows);
+	free(t);
+}
+
+const struct sonde_unw_row *sonde_unw_table__find(const struct sonde_unw_table *t, uint64_t pc)
+{
+	size_t lo = 0, hi = t->nrows;
+
+	/* the last row with row.pc <= pc, as native.bpf.c searches */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (t->rows[mid].pc <= pc)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo ? &t->rows[lo - 1] : NULL;
+}
+
+int sonde_unw_elf_key(Elf *elf, int fd, char *buf, size_t len)
+{
+	const uint8_t *id;
+	struct stat st;
+	ssize_t n = dwelf_elf_gnu_build_id(elf, (const void **)&id);
+	size_t need, i;
+
+	if (n > 0) {
+		need = 2 + 2 * (size_t)n + 1;
+		if (len < need)
+			return -ENAMETOOLONG;
+		memcpy(buf, "b:", 2);
+		for (i = 0; i < (size_t)n; i++)
+			snprintf(buf + 2 + 2 * i, 3, "%02x", id[i]);
+		return 0;
+	}
+	if (fstat(fd, &st) != 0)
+		return -errno;
+	if ((size_t)snprintf(buf, len, "f:%llx:%llx:%llx:%lld.%09ld", (unsigned long long)st.st_dev,
+			     (unsigned long long)st.st_ino, (unsigned long long)st.st_size,
+			     (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec) >= len)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+int sonde_unw_elf_bias(Elf *elf, uint64_t start, uint64_t offset, uint64_t *bias)
+{
+	GElf_Phdr ph;
+	size_t nph, i;
+
+	if (elf_getphdrnum(elf, &nph) != 0)
+		return -ENOENT;
+	for (i = 0; i < nph; i++) {
+		if (!gelf_getphdr(elf, (int)i, &ph) || ph.p_type != PT_LOAD || !(ph.p_flags & PF_X))
+			continue;
+		/* the mapping may begin at the page holding the segment's start */
+		if (offset + 4096 > ph.p_offset && offset < ph.p_offset + ph.p_filesz) {
+			*bias = start - (ph.p_vaddr + offset - ph.p_offset);
+			return 0;
+		}
+	}
+	return -ENOENT;
+}

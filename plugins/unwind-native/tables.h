@@ -1,0 +1,65 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unwind tables from an ELF file's .eh_frame, in the row format the BPF
+ * walker reads (native.h). No BPF and no process here: the unit test drives
+ * it on fixture files.
+ *
+ * Threading: every function works on its arguments alone; tables can be
+ * built on any thread.
+ */
+#ifndef SONDE_UNWIND_TABLES_H
+#define SONDE_UNWIND_TABLES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <libelf.h>
+
+#include "native.h"
+
+/* What a build saw, for logs and metrics. */
+struct sonde_unw_table_stats {
+	size_t fdes;	    /* FDEs listed in .eh_frame_hdr */
+	size_t unsupported; /* rows marked SONDE_UNW_CFA_UNSUPPORTED */
+	size_t plt;	    /* rows with the .plt expression */
+	size_t outermost;   /* rows whose return address is undefined */
+	size_t signal;	    /* signal trampoline rows */
+	size_t gaps;	    /* END rows: address ranges between FDEs */
+	uint64_t build_ns;  /* time the build took */
+};
+
+struct sonde_unw_table {
+	struct sonde_unw_row *rows; /* sorted by pc, owned by the table */
+	size_t nrows;
+	struct sonde_unw_table_stats stats;
+};
+
+/*
+ * Builds the table of elf (opened with ELF_C_READ_MMAP or ELF_C_READ) from
+ * its .eh_frame, found through PT_GNU_EH_FRAME. Returns NULL and sets errno:
+ * ENODATA when the file has no .eh_frame_hdr, ENOTSUP for an x86-64 file it
+ * cannot read (other machine, encoding), EFBIG when a row's address does not
+ * fit 32 bits, ENOMEM. The caller frees it with sonde_unw_table__free().
+ */
+struct sonde_unw_table *sonde_unw_table__build(Elf *elf);
+void sonde_unw_table__free(struct sonde_unw_table *t);
+
+/* The row that covers ELF virtual address pc (the walker's search), or
+ * NULL when pc is below the first row. */
+const struct sonde_unw_row *sonde_unw_table__find(const struct sonde_unw_table *t, uint64_t pc);
+
+/*
+ * The key tables are shared by: "b:" and the GNU build-id in hex, or when
+ * the file has none, "f:" with the device, inode, size and mtime of fd.
+ * 0 or -errno (-ENAMETOOLONG when len is too small).
+ */
+int sonde_unw_elf_key(Elf *elf, int fd, char *buf, size_t len);
+
+/*
+ * The load bias of an executable mapping of elf at start whose first byte
+ * is file offset offset: runtime address - ELF virtual address, from the
+ * executable PT_LOAD that holds offset. 0 or -ENOENT when none holds it.
+ */
+int sonde_unw_elf_bias(Elf *elf, uint64_t start, uint64_t offset, uint64_t *bias);
+
+#endif /* SONDE_UNWIND_TABLES_H */

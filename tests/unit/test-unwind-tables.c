@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: MIT
+/*
+ * unwind-native's table builder: the rows of functions whose CFI is known
+ * instruction by instruction (tests/fixtures/unwind-native/cfi_known.S),
+ * and a whole libc, whose table must be complete and sorted.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <gelf.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <elfutils/libdwelf.h>
+#include <errno.h>
+
+#include "tables.h"
+
+struct elf_file {
+	int fd;
+	Elf *elf;
+};
+
+static int open_elf(struct elf_file *f, const char *path)
+{
+	elf_version(EV_CURRENT);
+	f->elf = NULL;
+	f->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (f->fd < 0)
+		return -1;
+	f->elf = elf_begin(f->fd, ELF_C_READ_MMAP, NULL);
+	return f->elf ? 0 : -1;
+}
+
+static void close_elf(struct elf_file *f)
+{
+	elf_end(f->elf);
+	close(f->fd);
+}
+
+/* The address of a symbol of .symtab. */
+static uint64_t symbol(Elf *elf, const char *name)
+{
+	Elf_Scn *scn = NULL;
+	GElf_Shdr sh;
+
+	while ((scn = elf_nextscn(elf, scn))) {
+		Elf_Data *data;
+		GElf_Sym sym;
+		size_t i;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_SYMTAB)
+			continue;
+		data = elf_getdata(scn, NULL);
+		for (i = 0; data && i < sh.sh_size / sh.sh_entsize; i++) {
+			if (gelf_getsym(data, (int)i, &sym) &&
+			    strcmp(elf_strptr(elf, sh.sh_link, sym.st_name), name) == 0)
+				return sym.st_value;
+		}
+	}
+	fail_msg("no symbol %s", name);
+	return 0;
+}
+
+struct known {
+	struct elf_file f;
+	struct sonde_unw_table *t;
+};
+
+static int setup_known(void **state)
+{
+	struct known *k = calloc(1, sizeof(*k));
+
+	if (!k || open_elf(&k->f, CFI_KNOWN_PATH))
+		return -1;
+	k->t = sonde_unw_table__build(k->f.elf);
+	if (!k->t)
+		return -1;
+	*state = k;
+	return 0;
+}
+
+static int teardown_known(void **state)
+{
+	struct known *k = *state;
+
+	sonde_unw_table__free(k->t);
+	close_elf(&k->f);
+	free(k);
+	return 0;
+}
+
+/* The row at sym + off has this CFA rule (words) and rbp rule. */
+static void expect_row(struct known *k, const char *sym, uint64_t off, int cfa, int cfa_words,
+		       int rbp, int rbp_words)
+{
+	uint64_t pc = symbol(k->f.elf, sym) + off;
+	const struct sonde_unw_row *r = sonde_unw_table__find(k->t, pc);
+
+	assert_non_null(r);
+	if (SONDE_UNW_ROW_CFA(r) != cfa || r->cfa_off != cfa_words || SONDE_UNW_ROW_RBP(r) != rbp ||
+	    r->rbp_off != rbp_words)
+		fail_msg("%s+%llu: row at %#x cfa %d%+d rbp %d%+d, expected cfa %d%+d rbp %d%+d",
+			 sym, (unsigned long long)off, r->pc, SONDE_UNW_ROW_CFA(r), r->cfa_off,
+			 SONDE_UNW_ROW_RBP(r), r->rbp_off, cfa, cfa_words, rbp, rbp_words);
+}
+
+static void test_rsp_frame(void **state)
+{
+	struct known *k = *state;
+
+	expect_row(k, "cfi_push", 0, SONDE_UNW_CFA_RSP, 1, SONDE_UNW_RBP_SAME, 0);  /* entry */
+	expect_row(k, "cfi_push", 1, SONDE_UNW_CFA_RSP, 2, SONDE_UNW_RBP_SAME, 0);  /* push rbx */
+	expect_row(k, "cfi_push", 2, SONDE_UNW_CFA_RSP, 3, SONDE_UNW_RBP_CFA, -3);  /* push rbp */
+	expect_row(k, "cfi_push", 6, SONDE_UNW_CFA_RSP, 8, SONDE_UNW_RBP_CFA, -3);  /* sub $40 */
+	expect_row(k, "cfi_push", 10, SONDE_UNW_CFA_RSP, 8, SONDE_UNW_RBP_CFA, -3); /* in add */
+	expect_row(k, "cfi_push", 11, SONDE_UNW_CFA_RSP, 3, SONDE_UNW_RBP_CFA, -3); /* add $40 */
+	expect_row(k, "cfi_push", 12, SONDE_UNW_CFA_RSP, 2, SONDE_UNW_RBP_SAME, 0); /* pop rbp */
+	expect_row(k, "cfi_push", 13, SONDE_UNW_CFA_RSP, 1, SONDE_UNW_RBP_SAME, 0); /* ret */
+}
+
+static void test_rbp_frame(void **state)
+{
+	struct known *k = *state;
+
+	expect_row(k, "cfi_frame", 0, SONDE_UNW_CFA_RSP, 1, SONDE_UNW_RBP_SAME, 0);
+	expect_row(k, "cfi_frame", 1, SONDE_UNW_CFA_RSP, 2, SONDE_UNW_RBP_CFA, -2);
+	expect_row(k, "cfi_frame", 4, SONDE_UNW_CFA_RBP, 2, SONDE_UNW_RBP_CFA, -2);
+	expect_row(k, "cfi_frame", 6, SONDE_UNW_CFA_RSP, 1, SONDE_UNW_RBP_CFA, -2);
+}
+
+static void test_special_rows(void **state)
+{
+	struct known *k = *state;
+	const struct sonde_unw_row *first = &k->t->rows[0];
+
+	expect_row(k, "cfi_plt", 0, SONDE_UNW_CFA_PLT, 11, SONDE_UNW_RBP_SAME, 0);
+	expect_row(k, "cfi_expr", 0, SONDE_UNW_CFA_UNSUPPORTED, 0, SONDE_UNW_RBP_SAME, 0);
+	expect_row(k, "cfi_outermost", 1, SONDE_UNW_CFA_OUTERMOST, 0, SONDE_UNW_RBP_SAME, 0);
+	expect_row(k, "cfi_odd", 0, SONDE_UNW_CFA_UNSUPPORTED, 0, SONDE_UNW_RBP_SAME, 0);
+	expect_row(k, "cfi_none", 0, SONDE_UNW_CFA_END, 0, SONDE_UNW_RBP_SAME, 0);
+	assert_int_equal(k->t->stats.plt, 1);
+	assert_int_equal(k->t->stats.outermost, 1);
+	assert_int_equal(k->t->stats.unsupported, 2);
+	assert_int_equal(k->t->stats.fdes, 6);
+	/* below the first FDE there is no row at all */
+	assert_null(sonde_unw_table__find(k->t, first->pc - 1));
+	/* after the last FDE, a gap */
+	assert_int_equal(SONDE_UNW_ROW_CFA(&k->t->rows[k->t->nrows - 1]), SONDE_UNW_CFA_END);
+}
+
+static void test_key_and_bias(void **state)
+{
+	struct known *k = *state;
+	char key[96], small[8];
+	uint64_t bias = 0, text = symbol(k->f.elf, "cfi_push");
+	const void *id;
+	ssize_t n;
+
+	assert_int_equal(sonde_unw_elf_key(k->f.elf, k->f.fd, key, sizeof(key)), 0);
+	n = dwelf_elf_gnu_build_id(k->f.elf, &id);
+	assert_true(n > 0);
+	assert_int_equal(strlen(key), 2 + 2 * (size_t)n);
+	assert_memory_equal(key, "b:", 2);
+	assert_int_equal(sonde_unw_elf_key(k->f.elf, k->f.fd, small, sizeof(small)), -ENAMETOOLONG);
+	/* mapped at 0x7f0000000000 from the page that holds the text */
+	{
+		GElf_Phdr ph;
+		size_t i, nph;
+
+		assert_int_equal(elf_getphdrnum(k->f.elf, &nph), 0);
+		for (i = 0; i < nph; i++) {
+			if (gelf_getphdr(k->f.elf, (int)i, &ph) && ph.p_type == PT_LOAD &&
+			    (ph.p_flags & PF_X))
+				break;
+		}
+		assert_true(i < nph);
+		assert_int_equal(sonde_unw_elf_bias(k->f.elf, 0x7f0000000000ull,
+						    ph.p_offset & ~0xfffull, &bias),
+				 0);
+		assert_int_equal(bias + (ph.p_vaddr & ~0xfffull), 0x7f0000000000ull);
+		assert_true(text - (ph.p_vaddr & ~0xfffull) < ph.p_memsz + 0x1000);
+		assert_int_equal(sonde_unw_elf_bias(k->f.elf, 0x7f0000000000ull, 1ull << 40, &bias),
+				 -ENOENT);
+	}
+}
+
+/* The path of the libc this test runs with. */
+static int libc_path(char *buf, size_t len)
+{
+	char line[4096], path[4096];
+	FILE *f = fopen("/proc/self/maps", "re");
+	int found = -1;
+
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%*s %*s %*s %*s %*s %4095s", path) == 1 &&
+		    strstr(path, "/libc.so.6")) {
+			snprintf(buf, len, "%s", path);
+			found = 0;
+			break;
+		}
+	}
+	if (f)
+		fclose(f);
+	return found;
+}
+
+static void test_libc(void **state)
+{
+	struct sonde_unw_table *t;
+	struct elf_file f = {-1, NULL};
+	char path[4096];
+	size_t i, outermost = 0;
+
+	(void)state;
+	assert_int_equal(libc_path(path, sizeof(path)), 0);
+	assert_int_equal(open_elf(&f, path), 0);
+	t = sonde_unw_table__build(f.elf);
+	assert_non_null(t);
+	print_message("%s: %zu rows (%zu KiB) from %zu FDEs in %.1f ms; %zu unsupported, %zu plt, "
+		      "%zu outermost, %zu signal, %zu gaps\n",
+		      path, t->nrows, t->nrows * sizeof(t->rows[0]) >> 10, t->stats.fdes,
+		      (double)t->stats.build_ns / 1e6, t->stats.unsupported, t->stats.plt,
+		      t->stats.outermost, t->stats.signal, t->stats.gaps);
+	assert_true(t->stats.fdes > 1000);
+	assert_true(t->nrows > 5 * t->stats.fdes / 2);
+	for (i = 1; i < t->nrows; i++) {
+		if (t->rows[i].pc <= t->rows[i - 1].pc)
+			fail_msg("row %zu at %#x after %#x", i, t->rows[i].pc, t->rows[i - 1].pc);
+		outermost += SONDE_UNW_ROW_CFA(&t->rows[i]) == SONDE_UNW_CFA_OUTERMOST;
+	}
+	/* clone3 and the thread start are libc's outermost frames */
+	assert_true(outermost >= 1);
+	/* __restore_rt, the signal trampoline */
+	assert_true(t->stats.signal >= 1);
+	assert_true(t->stats.unsupported * 100 < t->nrows);
+	sonde_unw_table__free(t);
+	close_elf(&f);
+}
+
+static void test_no_eh_frame_hdr(void **state)
+{
+	struct elf_file f = {-1, NULL};
+	char path[] = "/tmp/sonde-unw-XXXXXX";
+	int fd = mkstemp(path);
+	static const unsigned char ehdr[64] = {
+		0x7f, 'E', 'L', 'F', 2, 1, 1, 0, [16] = 1, 0, [18] = 62, 0, [20] = 1, [52] = 64, 0};
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, ehdr, sizeof(ehdr)), (ssize_t)sizeof(ehdr));
+	close(fd);
+	assert_int_equal(open_elf(&f, path), 0);
+	errno = 0;
+	assert_null(sonde_unw_table__build(f.elf));
+	assert_int_equal(errno, ENODATA);
+	close_elf(&f);
+	unlink(path);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_rsp_frame, setup_known, teardown_known),
+		cmocka_unit_test_setup_teardown(test_rbp_frame, setup_known, teardown_known),
+		cmocka_unit_test_setup_teardown(test_special_rows, setup_known, teardown_known),
+		cmocka_unit_test_setup_teardown(test_key_and_bias, setup_known, teardown_known),
+		cmocka_unit_test(test_libc),
+		cmocka_unit_test(test_no_eh_frame_hdr),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
