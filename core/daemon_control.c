@@ -107,7 +107,7 @@ static void pack_process(void *ctx, struct sonde_proc *proc)
 	if (proc->exit_ns)
 		return;
 	pe = sonde_policy__get(c->d->policy, proc->pid);
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 9);
 	pack_kv_uint(pk, "pid", proc->pid);
 	pack_kv_str(pk, "comm", proc->comm);
 	pack_kv_str(pk, "exe", proc->exe);
@@ -121,6 +121,10 @@ static void pack_process(void *ctx, struct sonde_proc *proc)
 	msgpack_pack_array(pk, pe ? pe->nunwinders : 0);
 	for (i = 0; pe && i < pe->nunwinders; i++)
 		sonde_control__pack_str(pk, pe->unwinders[i]);
+	sonde_control__pack_str(pk, "plugins");
+	msgpack_pack_array(pk, pe ? pe->nplugins : 0);
+	for (i = 0; pe && i < pe->nplugins; i++)
+		sonde_control__pack_str(pk, pe->plugins[i]);
 	sonde_control__pack_str(pk, "declined");
 	msgpack_pack_array(pk, pe ? pe->ndeclined : 0);
 	for (i = 0; pe && i < pe->ndeclined; i++) {

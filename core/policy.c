@@ -54,6 +54,8 @@ static void clear_entry(struct sonde_policy_entry *e)
 
 	for (i = 0; i < e->nunwinders; i++)
 		free(e->unwinders[i]);
+	for (i = 0; i < e->nplugins; i++)
+		free(e->plugins[i]);
 	for (i = 0; i < e->nlabels; i++) {
 		free((char *)e->labels[i].key);
 		free((char *)e->labels[i].value);
@@ -62,7 +64,7 @@ static void clear_entry(struct sonde_policy_entry *e)
 	free(e->exe);
 	free(e->container_id);
 	e->comm = e->exe = e->container_id = NULL;
-	e->nunwinders = e->nlabels = e->ndeclined = 0;
+	e->nunwinders = e->nplugins = e->nlabels = e->ndeclined = 0;
 }
 
 void sonde_policy__free(struct sonde_policy *pol)
@@ -150,10 +152,14 @@ static char *dup(const char *s, bool *failed)
 	return d;
 }
 
-/* Offers the process to each chosen plugin, in order; the first that
- * brings an unwinder gives the slot the sampler starts with. */
+/*
+ * Offers the process to each plugin in names, in order. For unwinders
+ * (slots == true) the first that brings a slot is the one the sampler
+ * starts with. Attached names go to attached[], the others to declined[].
+ */
 static void attach_plugins(struct sonde_policy *pol, const struct sonde_proc *proc,
-			   const struct sonde_script_decision *d, struct sonde_policy_entry *e,
+			   const char *const *names, size_t n, bool slots,
+			   struct sonde_policy_entry *e, char **attached, uint32_t *nattached,
 			   bool *failed)
 {
 	struct sonde_plugin_process pp = {
@@ -169,15 +175,15 @@ static void attach_plugins(struct sonde_policy *pol, const struct sonde_proc *pr
 	size_t i;
 	int rc, slot;
 
-	for (i = 0; i < d->nunwinders && e->nunwinders < SONDE_POLICY_MAX_UNWINDERS; i++) {
+	for (i = 0; i < n && *nattached < SONDE_POLICY_MAX_UNWINDERS; i++) {
 		reason[0] = '\0';
 		slot = -1;
-		rc = pol->plugins ? sonde_plugins__attach_process(pol->plugins, d->unwinders[i], &pp,
-								 &slot, reason, sizeof(reason))
+		rc = pol->plugins ? sonde_plugins__attach_process(pol->plugins, names[i], &pp, &slot,
+								 reason, sizeof(reason))
 				  : -ENOENT;
 		if (rc == 0) {
-			e->unwinders[e->nunwinders++] = dup(d->unwinders[i], failed);
-			if (slot > 0 && e->first_slot == SONDE_UNWINDER_FP)
+			attached[(*nattached)++] = dup(names[i], failed);
+			if (slots && slot > 0 && e->first_slot == SONDE_UNWINDER_FP)
 				e->first_slot = (uint32_t)slot;
 			continue;
 		}
@@ -188,7 +194,7 @@ static void attach_plugins(struct sonde_policy *pol, const struct sonde_proc *pr
 		else if (rc < 0)
 			snprintf(reason, sizeof(reason), "%s", strerror(-rc));
 		snprintf(e->declined[e->ndeclined].plugin, sizeof(e->declined[0].plugin), "%s",
-			 d->unwinders[i]);
+			 names[i]);
 		snprintf(e->declined[e->ndeclined].reason, sizeof(e->declined[0].reason), "%s",
 			 reason);
 		e->ndeclined++;
@@ -230,7 +236,7 @@ int sonde_policy__decide(struct sonde_policy *pol, const struct sonde_proc *proc
 	if (!n)
 		return -ENOMEM;
 	e = &n->e;
-	if (pol->plugins && e->nunwinders)
+	if (pol->plugins && (e->nunwinders || e->nplugins))
 		sonde_plugins__detach_process(pol->plugins, proc->pid);
 	clear_entry(e);
 	e->exit_ns = 0;
@@ -252,7 +258,10 @@ int sonde_policy__decide(struct sonde_policy *pol, const struct sonde_proc *proc
 				e->nlabels++;
 			}
 		}
-		attach_plugins(pol, proc, &d, e, &failed);
+		attach_plugins(pol, proc, d.unwinders, d.nunwinders, true, e, e->unwinders,
+			       &e->nunwinders, &failed);
+		attach_plugins(pol, proc, d.plugins, d.nplugins, false, e, e->plugins,
+			       &e->nplugins, &failed);
 	}
 	/* The procs map holds only what differs from the default (profiled, frame
 	 * pointers), so it stays small on a node of mostly default processes. */
@@ -277,7 +286,7 @@ void sonde_policy__exited(struct sonde_policy *pol, uint32_t pid, uint64_t now_n
 		sonde_bpf_host__forget_process(pol->bpf, pid);
 	if (!n)
 		return;
-	if (pol->plugins && n->e.nunwinders)
+	if (pol->plugins && (n->e.nunwinders || n->e.nplugins))
 		sonde_plugins__detach_process(pol->plugins, pid);
 	n->e.exit_ns = now_ns ? now_ns : 1;
 }

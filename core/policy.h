@@ -38,6 +38,8 @@ struct sonde_policy_entry {
 	uint32_t first_slot; /* the unwinder slot the sampler starts with */
 	char *unwinders[SONDE_POLICY_MAX_UNWINDERS]; /* attached, in order */
 	uint32_t nunwinders;
+	char *plugins[SONDE_POLICY_MAX_UNWINDERS]; /* other plugins attached */
+	uint32_t nplugins;
 	struct sonde_policy_decline declined[SONDE_POLICY_MAX_UNWINDERS];
 	uint32_t ndeclined;
 	struct sonde_profile_label labels[SONDE_PROFILE_MAX_EXTRA]; /* owned, extra ones */

@@ -449,6 +449,8 @@ static int l_plugin(lua_State *L)
  */
 static size_t read_unwinders(lua_State *L, int t, const char *what, const char **out)
 {
+	/* "unwinders" or "plugins": the last word of what, for the messages */
+	const char *noun = strrchr(what, ' ') ? strrchr(what, ' ') + 1 : what;
 	size_t n = 0, i, j;
 
 	if (lua_type(L, t) != LUA_TTABLE)
@@ -459,7 +461,7 @@ static size_t read_unwinders(lua_State *L, int t, const char *what, const char *
 		n++;
 	}
 	if (n > SONDE_SCRIPT_MAX_UNWINDERS)
-		luaL_error(L, "%s: more than %d unwinders", what, SONDE_SCRIPT_MAX_UNWINDERS);
+		luaL_error(L, "%s: more than %d %s", what, SONDE_SCRIPT_MAX_UNWINDERS, noun);
 	for (i = 0; i < n; i++) {
 		size_t len;
 
@@ -468,7 +470,8 @@ static size_t read_unwinders(lua_State *L, int t, const char *what, const char *
 		out[i] = lua_tolstring(L, -1, &len);
 		lua_pop(L, 1); /* the table keeps the string */
 		if (!valid_name(out[i], len))
-			luaL_error(L, "%s: '%s' is not an unwinder name", what, out[i]);
+			luaL_error(L, "%s: '%s' is not %s name", what, out[i],
+				   strcmp(noun, "plugins") == 0 ? "a plugin" : "an unwinder");
 		for (j = 0; j < i; j++)
 			if (strcmp(out[j], out[i]) == 0)
 				luaL_error(L, "%s: '%s' is listed twice", what, out[i]);
@@ -915,7 +918,7 @@ static void read_decision(lua_State *L, int r, struct sonde_script_decision *out
 	case LUA_TBOOLEAN:
 		out->profile = lua_toboolean(L, r);
 		if (!out->profile)
-			out->nunwinders = 0;
+			out->nunwinders = out->nplugins = 0;
 		return;
 	case LUA_TTABLE:
 		break;
@@ -928,16 +931,21 @@ static void read_decision(lua_State *L, int r, struct sonde_script_decision *out
 		const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
 
 		lua_pop(L, 1);
-		if (!k || (strcmp(k, "unwinders") != 0 && strcmp(k, "labels") != 0))
+		if (!k || (strcmp(k, "unwinders") != 0 && strcmp(k, "plugins") != 0 &&
+			   strcmp(k, "labels") != 0))
 			luaL_error(L,
 				   "on_process: unknown key %s%s%s in the returned table "
-				   "(expected unwinders, labels)",
+				   "(expected unwinders, plugins, labels)",
 				   k ? "'" : "a ", k ? k : luaL_typename(L, -1), k ? "'" : "");
 	}
 	lua_pushliteral(L, "unwinders");
 	if (lua_rawget(L, r) != LUA_TNIL)
 		out->nunwinders =
 			read_unwinders(L, lua_gettop(L), "on_process: unwinders", out->unwinders);
+	lua_pushliteral(L, "plugins");
+	if (lua_rawget(L, r) != LUA_TNIL)
+		out->nplugins =
+			read_unwinders(L, lua_gettop(L), "on_process: plugins", out->plugins);
 	lua_pushliteral(L, "labels");
 	if (lua_rawget(L, r) != LUA_TNIL)
 		read_labels(L, lua_gettop(L), out);

@@ -100,6 +100,9 @@ struct sonde_script_decision {
 	bool profile; /* false: the process is not profiled at all */
 	const char *unwinders[SONDE_SCRIPT_MAX_UNWINDERS]; /* names, in order */
 	size_t nunwinders;
+	/* other plugins that watch the process (red-metrics, ...), in order */
+	const char *plugins[SONDE_SCRIPT_MAX_UNWINDERS];
+	size_t nplugins;
 	struct sonde_script_label labels[SONDE_SCRIPT_MAX_LABELS]; /* sorted by key */
 	size_t nlabels;
 };

@@ -383,7 +383,7 @@ static void test_decide_predicates(void **state)
 		"             labels = { runtime = 'python', pid_seen = tostring(p.pid) } }\n"
 		"  end\n"
 		"  if p.cmdline and p.cmdline:find('--jvm', 1, true) then\n"
-		"    return { unwinders = {} }\n"
+		"    return { unwinders = {}, plugins = { 'red-metrics' } }\n"
 		"  end\n"
 		"  if p.cgroup == '/system.slice/checkout.service' then\n"
 		"    return { labels = { team = 'payments', Zone_1 = 'a', _x = 'b' } }\n"
@@ -418,6 +418,8 @@ static void test_decide_predicates(void **state)
 	assert_int_equal(sonde_script__decide(s, &p, &d), 0);
 	assert_true(d.profile);
 	assert_int_equal(d.nunwinders, 0); /* an empty list: none */
+	assert_int_equal(d.nplugins, 1);   /* a plugin that unwinds nothing */
+	assert_string_equal(d.plugins[0], "red-metrics");
 
 	p = proc(5, "checkout", "/srv/checkout", "checkout", "/system.slice/checkout.service",
 		 NULL);
@@ -486,6 +488,7 @@ static void test_decide_bad_returns(void **state)
 		{"{ unwinders = { 'Native' } }",
 		 "on_process: unwinders: 'Native' is not an unwinder name"},
 		{"{ unwinders = { 'a', 'a' } }", "on_process: unwinders: 'a' is listed twice"},
+		{"{ plugins = { 'Red' } }", "on_process: plugins: 'Red' is not a plugin name"},
 		{"{ unwinders = { 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i' } }",
 		 "on_process: unwinders: more than 8 unwinders"},
 	};
