@@ -30,10 +30,10 @@ end)
 """)
 
 with Sonded("--script", script) as d:
-    fx = subprocess.Popen([fixture("fp_chain"), "3"])
+    fx = subprocess.Popen([fixture("fp_chain"), "5"])
     try:
         time.sleep(2.5)
-        _, body = http_get(d.url(f"/debug/pprof/profile?seconds=1&pid={fx.pid}"))
+        _, body = http_get(d.url(f"/debug/pprof/profile?seconds=2&pid={fx.pid}"))
     finally:
         fx.wait()
     log = d.output()
