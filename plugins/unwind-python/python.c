@@ -1,0 +1,730 @@
+// SPDX-License-Identifier: MIT
+/*
+ * sonde-unwind-python: Python functions in the stacks of CPython 3.11
+ * processes, with qualified name, file and line.
+ *
+ * attach_process finds the interpreter (the python3.X executable or
+ * libpython3.X.so mapped), reads its version from Py_Version and fills the
+ * process's offsets into py_procs; the BPF walker (python.bpf.c) emits one
+ * interpreter frame per Python function, innermost first, before the
+ * frame-pointer walk. The symbolizer reads the code object back from the
+ * process, checks that it still is one, and decodes its location table.
+ *
+ * This increment puts all Python frames of the thread before the native
+ * ones; merging them in place into a DWARF-unwound native stack is next.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <inttypes.h>
+#include <libelf.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/types.h>
+#include <sonde/plugin.h>
+
+#include "python.h"
+#include "python.skel.h"
+
+/* Layout facts of one CPython minor version, x86-64. 3.11: verified with gdb
+ * and python3.11-dbg against Debian 12's 3.11.2 and pyenv's 3.11.7. */
+struct py_layout {
+	int minor;
+	uint32_t rt_tss_key;	/* _PyRuntime.gilstate.autoTSSkey._key */
+	uint32_t rt_gil_tstate; /* _PyRuntime.gilstate.tstate_current */
+	uint32_t ts_cframe, ts_thread_id, cf_frame;
+	uint32_t fr_code, fr_previous, fr_instr;
+	uint32_t co_firstlineno, co_filename, co_qualname, co_linetable, co_code;
+	uint32_t str_length, str_state, str_ascii_data, str_utf8_length, str_utf8, str_data;
+	uint32_t bytes_size, bytes_data;
+};
+
+static const struct py_layout layouts[] = {
+	{.minor = 11,
+	 .rt_tss_key = 596,
+	 .rt_gil_tstate = 576,
+	 .ts_cframe = 56,
+	 .ts_thread_id = 160,
+	 .cf_frame = 8,
+	 .fr_code = 32,
+	 .fr_previous = 48,
+	 .fr_instr = 56,
+	 .co_firstlineno = 72,
+	 .co_filename = 112,
+	 .co_qualname = 128,
+	 .co_linetable = 136,
+	 .co_code = 184,
+	 .str_length = 16,
+	 .str_state = 32,
+	 .str_ascii_data = 48,
+	 .str_utf8_length = 48,
+	 .str_utf8 = 56,
+	 .str_data = 72,
+	 .bytes_size = 16,
+	 .bytes_data = 32},
+};
+
+/* glibc x86-64 (2.34+): struct pthread's specific_1stblock[key].data. */
+#define GLIBC_TSD_BASE	 792
+#define GLIBC_TSD_STRIDE 16
+#define GLIBC_TSD_KEYS	 32
+
+#define MAX_NAME      1024
+#define MAX_LINETABLE (64 << 10)
+#define NBUCKETS      4096
+
+struct code {
+	struct code *next;
+	uint32_t pid;
+	uint64_t addr;
+	uint32_t firstlineno;
+	const char *qualname, *filename; /* interned */
+	uint8_t *linetable;
+	size_t linetable_len;
+};
+
+struct interned {
+	struct interned *next;
+	char s[];
+};
+
+struct proc {
+	struct proc *next;
+	uint32_t pid;
+	uint64_t code_type; /* &PyCode_Type in the process */
+	const struct py_layout *l;
+};
+
+struct py {
+	const struct sonde_host_api *api;
+	struct sonde_host *host;
+	struct python_bpf *skel;
+	struct proc *procs;
+	struct code *codes[NBUCKETS];
+	struct interned *strings[NBUCKETS];
+	uint64_t stale, symbol_read;
+};
+
+static uint64_t hash64(uint64_t x)
+{
+	x ^= x >> 33;
+	x *= 0xff51afd7ed558ccdULL;
+	x ^= x >> 33;
+	return x;
+}
+
+/* Names handed to the core live until fini: a freed code object's name may
+ * still be in a profile being written. */
+static const char *intern(struct py *py, const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	struct interned *e;
+	const char *c;
+
+	for (c = s; *c; c++)
+		h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+	for (e = py->strings[h % NBUCKETS]; e; e = e->next)
+		if (!strcmp(e->s, s))
+			return e->s;
+	e = malloc(sizeof(*e) + strlen(s) + 1);
+	if (!e)
+		return NULL;
+	strcpy(e->s, s);
+	e->next = py->strings[h % NBUCKETS];
+	py->strings[h % NBUCKETS] = e;
+	return e->s;
+}
+
+static struct proc *find_proc(struct py *py, uint32_t pid)
+{
+	struct proc *p;
+
+	for (p = py->procs; p; p = p->next)
+		if (p->pid == pid)
+			return p;
+	return NULL;
+}
+
+static int read_exact(struct py *py, uint32_t pid, uint64_t addr, void *buf, size_t len)
+{
+	ssize_t n = py->api->read_memory(py->host, pid, addr, buf, len);
+
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}
+
+/* A str object as UTF-8 into out (cut at outlen - 1). */
+static int read_str(struct py *py, const struct proc *p, uint64_t addr, char *out, size_t outlen)
+{
+	const struct py_layout *l = p->l;
+	uint8_t head[80], raw[MAX_NAME];
+	int64_t len;
+	uint32_t state;
+	uint64_t utf8;
+	size_t i, o = 0;
+
+	if (!addr || read_exact(py, p->pid, addr, head, sizeof(head)))
+		return -EFAULT;
+	memcpy(&len, head + l->str_length, sizeof(len));
+	memcpy(&state, head + l->str_state, sizeof(state));
+	if (len < 0)
+		return -EINVAL;
+	if ((size_t)len >= outlen)
+		len = (int64_t)outlen - 1;
+	if ((state & 0x60) == 0x60) { /* compact and ascii */
+		if (read_exact(py, p->pid, addr + l->str_ascii_data, out, (size_t)len))
+			return -EFAULT;
+		out[len] = '\0';
+		return 0;
+	}
+	if (!(state & 0x20))
+		return -ENOTSUP;
+	memcpy(&utf8, head + l->str_utf8, sizeof(utf8));
+	if (utf8) {
+		memcpy(&len, head + l->str_utf8_length, sizeof(len));
+		if (len < 0)
+			return -EINVAL;
+		if ((size_t)len >= outlen)
+			len = (int64_t)outlen - 1;
+		if (read_exact(py, p->pid, utf8, out, (size_t)len))
+			return -EFAULT;
+		out[len] = '\0';
+		return 0;
+	}
+	if (((state >> 2) & 7) != 1) /* UCS-2/4 without a UTF-8 copy: not yet */
+		return -ENOTSUP;
+	if ((size_t)len > sizeof(raw))
+		len = sizeof(raw);
+	if (read_exact(py, p->pid, addr + l->str_data, raw, (size_t)len))
+		return -EFAULT;
+	for (i = 0; i < (size_t)len && o + 2 < outlen; i++) { /* Latin-1 to UTF-8 */
+		if (raw[i] < 0x80) {
+			out[o++] = (char)raw[i];
+		} else {
+			out[o++] = (char)(0xc0 | raw[i] >> 6);
+			out[o++] = (char)(0x80 | (raw[i] & 0x3f));
+		}
+	}
+	out[o] = '\0';
+	return 0;
+}
+
+static unsigned int varint(const uint8_t *t, size_t n, size_t *i)
+{
+	unsigned int v = 0, shift = 0;
+	uint8_t b;
+
+	do {
+		if (*i >= n || shift > 28)
+			return v;
+		b = t[(*i)++];
+		v |= (unsigned int)(b & 63) << shift;
+		shift += 6;
+	} while (b & 64);
+	return v;
+}
+
+static int svarint(const uint8_t *t, size_t n, size_t *i)
+{
+	unsigned int v = varint(t, n, i);
+
+	return v & 1 ? -(int)(v >> 1) : (int)(v >> 1);
+}
+
+/* The line of code unit `unit` per the 3.11 location table (CPython's
+ * Objects/locations.md): entries of (b & 7) + 1 units carry a line delta. */
+static int line_of(const struct code *c, long unit)
+{
+	const uint8_t *t = c->linetable;
+	size_t i = 0, n = c->linetable_len;
+	long addr = 0;
+	int line = (int)c->firstlineno;
+
+	if (unit < 0)
+		return (int)c->firstlineno;
+	while (i < n) {
+		uint8_t b = t[i++];
+		int code = (b >> 3) & 15, delta = 0, has = 1;
+
+		if (!(b & 0x80))
+			break; /* lost sync: give what we have */
+		if (code == 15) {
+			has = 0;
+		} else if (code == 14) {
+			delta = svarint(t, n, &i);
+			varint(t, n, &i);
+			varint(t, n, &i);
+			varint(t, n, &i);
+		} else if (code == 13) {
+			delta = svarint(t, n, &i);
+		} else if (code >= 10) {
+			delta = code - 10;
+			i += 2;
+		} else {
+			i += 1;
+		}
+		line += delta;
+		addr += (b & 7) + 1;
+		if (unit < addr)
+			return has ? line : (int)c->firstlineno;
+	}
+	return line;
+}
+
+static void free_code(struct code *c)
+{
+	if (c)
+		free(c->linetable);
+	free(c);
+}
+
+/* Reads the code object at addr; NULL when it is not one (counted). */
+static struct code *load_code(struct py *py, const struct proc *p, uint64_t addr,
+			      uint32_t firstlineno)
+{
+	const struct py_layout *l = p->l;
+	uint8_t obj[256];
+	char name[MAX_NAME], file[PATH_MAX];
+	uint64_t type, qn, fn, lt;
+	int64_t ltlen = 0;
+	int32_t first;
+	struct code *c = NULL;
+
+	if (read_exact(py, p->pid, addr, obj, l->co_code)) {
+		py->symbol_read++;
+		return NULL;
+	}
+	memcpy(&type, obj + 8, sizeof(type));
+	memcpy(&first, obj + l->co_firstlineno, sizeof(first));
+	if (type != p->code_type || ((uint32_t)first & 0xffffff) != firstlineno) {
+		py->stale++;
+		return NULL;
+	}
+	memcpy(&qn, obj + l->co_qualname, sizeof(qn));
+	memcpy(&fn, obj + l->co_filename, sizeof(fn));
+	memcpy(&lt, obj + l->co_linetable, sizeof(lt));
+	c = calloc(1, sizeof(*c));
+	if (!c || read_str(py, p, qn, name, sizeof(name)) ||
+	    read_str(py, p, fn, file, sizeof(file)))
+		goto fail;
+	c->pid = p->pid;
+	c->addr = addr;
+	c->firstlineno = (uint32_t)first;
+	c->qualname = intern(py, name);
+	c->filename = intern(py, file);
+	if (!c->qualname || !c->filename)
+		goto fail;
+	if (lt && !read_exact(py, p->pid, lt + l->bytes_size, &ltlen, sizeof(ltlen)) && ltlen > 0 &&
+	    ltlen <= MAX_LINETABLE) {
+		c->linetable = malloc((size_t)ltlen);
+		if (c->linetable &&
+		    !read_exact(py, p->pid, lt + l->bytes_data, c->linetable, (size_t)ltlen))
+			c->linetable_len = (size_t)ltlen;
+	}
+	return c;
+fail:
+	py->symbol_read++;
+	free_code(c);
+	return NULL;
+}
+
+static int py_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t payload,
+			struct sonde_plugin_frame *frames, int max)
+{
+	struct py *py = state;
+	uint32_t first = (uint32_t)(word >> 32) & 0xffffff, off = (uint32_t)word;
+	struct code **pc, *c;
+	struct proc *p;
+	long unit;
+
+	if (!py || max < 1)
+		return 0;
+	p = find_proc(py, pid);
+	if (!p)
+		return 0;
+	pc = &py->codes[hash64(payload ^ ((uint64_t)pid << 48)) % NBUCKETS];
+	for (c = *pc; c; c = c->next)
+		if (c->pid == pid && c->addr == payload)
+			break;
+	if (c && (c->firstlineno & 0xffffff) != first) {
+		/* Freed and replaced since we read it: read it again. */
+		struct code **pp;
+
+		for (pp = pc; *pp != c; pp = &(*pp)->next)
+			;
+		*pp = c->next;
+		free_code(c);
+		c = NULL;
+	}
+	if (!c) {
+		c = load_code(py, p, payload, first);
+		if (!c)
+			return 0;
+		c->next = *pc;
+		*pc = c;
+	}
+	unit = off >= p->l->co_code ? (long)(off - p->l->co_code) / 2 : -1;
+	frames[0] = (struct sonde_plugin_frame){
+		.function = c->qualname, .file = c->filename, .line = (uint32_t)line_of(c, unit)};
+	return 1;
+}
+
+/* The interpreter mapped in pid: path of libpython3.X.so if mapped, else of
+ * the python3.X executable; its minor from the name; its first mapping. A
+ * shared build offered at exec has no libpython mapped yet: declined (next:
+ * follow the executable's DT_NEEDED). */
+static int find_interpreter(uint32_t pid, char *path, size_t pathlen, int *minor, uint64_t *start)
+{
+	char maps[64], line[PATH_MAX + 128];
+	bool lib = false;
+	FILE *f;
+	int ret = -ENOENT;
+
+	snprintf(maps, sizeof(maps), "/proc/%u/maps", pid);
+	f = fopen(maps, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, off;
+		char *file = strchr(line, '/'), *base;
+		int m, n = 0;
+
+		if (!file || sscanf(line, "%lx-%*x %*s %lx", &lo, &off) != 2 || off)
+			continue;
+		file[strcspn(file, "\n")] = '\0';
+		base = strrchr(file, '/') + 1;
+		if (sscanf(base, "libpython3.%d%n", &m, &n) == 1 && !strncmp(base + n, ".so", 3)) {
+			lib = true; /* a shared build: the interpreter lives here */
+		} else if (!ret || sscanf(base, "python3.%d%n", &m, &n) != 1 || base[n] != '\0') {
+			continue;
+		}
+		snprintf(path, pathlen, "%s", file);
+		*minor = m;
+		*start = lo;
+		ret = 0;
+		if (lib)
+			break;
+	}
+	fclose(f);
+	return ret;
+}
+
+struct syms {
+	uint64_t runtime, code_type, version_addr;
+	uint32_t version;
+	bool has_version;
+	uint64_t base_vaddr; /* p_vaddr - p_offset of the segment at file offset 0 */
+};
+
+static int read_syms(const char *file, struct syms *s)
+{
+	Elf *elf = NULL;
+	Elf_Scn *scn = NULL;
+	GElf_Shdr sh;
+	size_t i, n;
+	int fd, ret = -ENOENT;
+
+	memset(s, 0, sizeof(*s));
+	elf_version(EV_CURRENT);
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	elf = elf_begin(fd, ELF_C_READ, NULL);
+	if (!elf || elf_getphdrnum(elf, &n))
+		goto cleanup;
+	for (i = 0; i < n; i++) {
+		GElf_Phdr ph;
+
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD) {
+			s->base_vaddr = ph.p_vaddr - ph.p_offset;
+			break;
+		}
+	}
+	while ((scn = elf_nextscn(elf, scn))) {
+		Elf_Data *d;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM)
+			continue;
+		d = elf_getdata(scn, NULL);
+		for (i = 0; d && i < sh.sh_size / sh.sh_entsize; i++) {
+			GElf_Sym sym;
+			const char *name;
+
+			if (!gelf_getsym(d, (int)i, &sym) || sym.st_shndx == SHN_UNDEF)
+				continue;
+			name = elf_strptr(elf, sh.sh_link, sym.st_name);
+			if (!name)
+				continue;
+			if (!strcmp(name, "_PyRuntime"))
+				s->runtime = sym.st_value;
+			else if (!strcmp(name, "PyCode_Type"))
+				s->code_type = sym.st_value;
+			else if (!strcmp(name, "Py_Version")) {
+				Elf_Scn *vs = elf_getscn(elf, sym.st_shndx);
+				GElf_Shdr vsh;
+				Elf_Data *vd = vs ? elf_getdata(vs, NULL) : NULL;
+
+				if (vd && gelf_getshdr(vs, &vsh) && sym.st_value >= vsh.sh_addr &&
+				    sym.st_value + 4 <= vsh.sh_addr + vd->d_size) {
+					memcpy(&s->version,
+					       (char *)vd->d_buf + (sym.st_value - vsh.sh_addr), 4);
+					s->has_version = true;
+				}
+			}
+		}
+	}
+	ret = s->runtime && s->code_type ? 0 : -ENOENT;
+cleanup:
+	elf_end(elf);
+	close(fd);
+	return ret;
+}
+
+static int py_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
+		     size_t reasonlen)
+{
+	struct py *py = state;
+	const struct py_layout *l = NULL;
+	char path[PATH_MAX], file[PATH_MAX + 32];
+	struct py_proc bp = {};
+	struct syms s;
+	struct proc *p;
+	uint64_t start = 0, bias;
+	int minor = 0, rc;
+	size_t i;
+
+	if (find_interpreter(proc->pid, path, sizeof(path), &minor, &start)) {
+		snprintf(reason, reasonlen, "not CPython: no python3.X or libpython3.X mapped");
+		return SONDE_DECLINE;
+	}
+	snprintf(file, sizeof(file), "/proc/%u/root%s", proc->pid, path);
+	rc = read_syms(file, &s);
+	if (rc == -ENOENT)
+		rc = read_syms(path, &s);
+	if (rc) {
+		snprintf(reason, reasonlen, "%s: no _PyRuntime or PyCode_Type symbol", path);
+		return SONDE_DECLINE;
+	}
+	if (s.has_version) {
+		if ((s.version >> 24) != 3) {
+			snprintf(reason, reasonlen, "python %u.%u not supported", s.version >> 24,
+				 (s.version >> 16) & 0xff);
+			return SONDE_DECLINE;
+		}
+		minor = (int)((s.version >> 16) & 0xff);
+	}
+	for (i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++)
+		if (layouts[i].minor == minor)
+			l = &layouts[i];
+	if (!l) {
+		snprintf(reason, reasonlen, "python 3.%d not supported yet", minor);
+		return SONDE_DECLINE;
+	}
+	bias = start - s.base_vaddr;
+	bp = (struct py_proc){
+		.tss_key = bias + s.runtime + l->rt_tss_key,
+		.gil_tstate = bias + s.runtime + l->rt_gil_tstate,
+		.tsd_base = GLIBC_TSD_BASE,
+		.tsd_stride = GLIBC_TSD_STRIDE,
+		.tsd_keys = GLIBC_TSD_KEYS,
+		.ts_cframe = l->ts_cframe,
+		.ts_thread_id = l->ts_thread_id,
+		.cf_frame = l->cf_frame,
+		.fr_code = l->fr_code,
+		.fr_previous = l->fr_previous,
+		.fr_instr = l->fr_instr,
+		.co_firstlineno = l->co_firstlineno,
+	};
+	p = find_proc(py, proc->pid);
+	if (!p) {
+		p = calloc(1, sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		p->next = py->procs;
+		py->procs = p;
+	}
+	p->pid = proc->pid;
+	p->code_type = bias + s.code_type;
+	p->l = l;
+	if (bpf_map_update_elem(bpf_map__fd(py->skel->maps.py_procs), &proc->pid, &bp, BPF_ANY)) {
+		rc = -errno;
+		snprintf(reason, reasonlen, "py_procs: %s", strerror(-rc));
+		return rc;
+	}
+	py->api->log(py->host, SONDE_PLUGIN_LOG_DEBUG, "pid %u: python 3.%d (%s), bias 0x%" PRIx64,
+		     proc->pid, minor, path, bias);
+	return 0;
+}
+
+static void py_detach(void *state, uint32_t pid)
+{
+	struct py *py = state;
+	struct proc **pp, *p;
+	size_t b;
+
+	bpf_map_delete_elem(bpf_map__fd(py->skel->maps.py_procs), &pid);
+	for (pp = &py->procs; (p = *pp);) {
+		if (p->pid == pid) {
+			*pp = p->next;
+			free(p);
+		} else {
+			pp = &p->next;
+		}
+	}
+	for (b = 0; b < NBUCKETS; b++) {
+		struct code **pc = &py->codes[b], *c;
+
+		while ((c = *pc)) {
+			if (c->pid == pid) {
+				*pc = c->next;
+				free_code(c);
+			} else {
+				pc = &c->next;
+			}
+		}
+	}
+}
+
+static const char *const error_names[PY_ERR__COUNT] = {
+	[PY_ERR_NO_TSTATE] = "no_thread_state", [PY_ERR_READ] = "read_fault",
+	[PY_ERR_TRUNCATED] = "truncated",	[PY_ERR_NO_PROC] = "no_offsets",
+	[PY_ERR_STALE] = "stale_code_object",	[PY_ERR_SYMBOL_READ] = "symbol_read",
+};
+
+static int py_write_metrics(void *state, FILE *out)
+{
+	struct py *py = state;
+	int ncpu = libbpf_num_possible_cpus();
+	uint64_t *vals;
+	uint32_t r;
+
+	if (ncpu <= 0)
+		return ncpu ? ncpu : -EINVAL;
+	vals = calloc((size_t)ncpu, sizeof(*vals));
+	if (!vals)
+		return -ENOMEM;
+	fprintf(out, "# HELP sonde_unwind_python_errors_total Python stacks not fully unwound "
+		     "or frames not named, by reason.\n"
+		     "# TYPE sonde_unwind_python_errors_total counter\n");
+	for (r = 0; r < PY_ERR__COUNT; r++) {
+		uint64_t sum = 0;
+		int c;
+
+		if (r < PY_ERR__BPF) {
+			if (!bpf_map_lookup_elem(bpf_map__fd(py->skel->maps.py_errors), &r, vals))
+				for (c = 0; c < ncpu; c++)
+					sum += vals[c];
+		} else {
+			sum = r == PY_ERR_STALE ? py->stale : py->symbol_read;
+		}
+		fprintf(out, "sonde_unwind_python_errors_total{reason=\"%s\"} %" PRIu64 "\n",
+			error_names[r], sum);
+	}
+	free(vals);
+	return 0;
+}
+
+static int reuse(const struct sonde_host_api *api, struct sonde_host *host, struct bpf_map *map,
+		 const char *name)
+{
+	int fd = api->map_fd(host, name);
+
+	return fd < 0 ? fd : bpf_map__reuse_fd(map, fd);
+}
+
+static void py_fini(void *state);
+
+static void *py_init(const struct sonde_host_api *api, struct sonde_host *host,
+		     const void *settings, char *err, size_t errlen)
+{
+	struct py *py = calloc(1, sizeof(*py));
+	int kind, rc, slot;
+
+	(void)settings;
+	if (!py) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	py->api = api;
+	py->host = host;
+	kind = api->register_frame_kind(host, "python", py_symbolize);
+	py->skel = python_bpf__open();
+	if (kind < 0 || !py->skel) {
+		snprintf(err, errlen, "cannot open the unwinder (%s)",
+			 strerror(kind < 0 ? -kind : errno));
+		goto fail;
+	}
+	py->skel->rodata->py_kind = (uint64_t)kind;
+	rc = reuse(api, host, py->skel->maps.scratch, "scratch");
+	if (!rc)
+		rc = reuse(api, host, py->skel->maps.stats, "stats");
+	if (!rc)
+		rc = reuse(api, host, py->skel->maps.events, "events");
+	if (!rc)
+		rc = python_bpf__load(py->skel);
+	if (rc) {
+		snprintf(err, errlen, "cannot load the unwinder: %s", strerror(-rc));
+		goto fail;
+	}
+	slot = api->register_unwinder(host, "python",
+				      bpf_program__fd(py->skel->progs.unwind_python));
+	if (slot < 0) {
+		snprintf(err, errlen, "no unwinder slot: %s", strerror(-slot));
+		goto fail;
+	}
+	api->log(host, SONDE_PLUGIN_LOG_INFO, "frame kind %d, unwinder slot %d", kind, slot);
+	return py;
+fail:
+	py_fini(py);
+	return NULL;
+}
+
+static void py_fini(void *state)
+{
+	struct py *py = state;
+	struct proc *p;
+	size_t b;
+
+	if (!py)
+		return;
+	python_bpf__destroy(py->skel);
+	while ((p = py->procs)) {
+		py->procs = p->next;
+		free(p);
+	}
+	for (b = 0; b < NBUCKETS; b++) {
+		struct code *c;
+		struct interned *s;
+
+		while ((c = py->codes[b])) {
+			py->codes[b] = c->next;
+			free_code(c);
+		}
+		while ((s = py->strings[b])) {
+			py->strings[b] = s->next;
+			free(s);
+		}
+	}
+	free(py);
+}
+
+const struct sonde_plugin sonde_plugin = {
+	.magic = SONDE_PLUGIN_MAGIC,
+	.abi_major = SONDE_PLUGIN_ABI_MAJOR,
+	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
+	.size = sizeof(struct sonde_plugin),
+	.name = "unwind-python",
+	.version = "0.1",
+	.description = "CPython 3.11 frames (function, file, line) in the stacks",
+	.init = py_init,
+	.fini = py_fini,
+	.attach_process = py_attach,
+	.detach_process = py_detach,
+	.write_metrics = py_write_metrics,
+};

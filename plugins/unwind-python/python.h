@@ -1,0 +1,46 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * What the unwind-python plugin's userspace and BPF halves share: the
+ * per-process offsets (filled by userspace from a per-version table, so the
+ * BPF walker never branches on versions) and the error reasons. Included by
+ * python.bpf.c after vmlinux.h and by python.c after <linux/types.h>.
+ *
+ * Frame emitted per Python function: word = kind << 56 | firstlineno (24
+ * bits) << 32 | byte offset of the frame's instruction pointer from its code
+ * object (32 bits); payload = the code object's address. firstlineno lets
+ * userspace notice a code object freed and replaced at the same address.
+ */
+#ifndef SONDE_UNWIND_PYTHON_H
+#define SONDE_UNWIND_PYTHON_H
+
+#define PY_MAX_FRAMES 48 /* Python frames per sample: 96 of the 127 user words */
+#define PY_MAX_PROCS  4096
+
+/* Value of py_procs (key: tgid). */
+struct py_proc {
+	__u64 tss_key;	    /* address of the pthread key of the thread state, 0: none */
+	__u64 gil_tstate;   /* address of gilstate.tstate_current, 0: none */
+	__u32 tsd_base;	    /* libc: thread pointer + tsd_base + key * tsd_stride */
+	__u32 tsd_stride;   /*       holds the key's value */
+	__u32 tsd_keys;	    /* keys below this live in the static block */
+	__u32 ts_cframe;    /* PyThreadState.cframe */
+	__u32 ts_thread_id; /* PyThreadState.native_thread_id */
+	__u32 cf_frame;	    /* _PyCFrame.current_frame */
+	__u32 fr_code;	    /* _PyInterpreterFrame.f_code */
+	__u32 fr_previous;  /* _PyInterpreterFrame.previous */
+	__u32 fr_instr;	    /* _PyInterpreterFrame.prev_instr */
+	__u32 co_firstlineno;
+};
+
+enum py_error {
+	PY_ERR_NO_TSTATE = 0,	    /* no thread state for the thread on CPU (not Python's) */
+	PY_ERR_READ,		    /* a frame or code read faulted */
+	PY_ERR_TRUNCATED,	    /* more Python frames than PY_MAX_FRAMES */
+	PY_ERR_NO_PROC,		    /* a sample of a process without offsets */
+	PY_ERR__BPF,		    /* reasons counted in BPF end here */
+	PY_ERR_STALE = PY_ERR__BPF, /* symbolize: not a code object (freed, reused) */
+	PY_ERR_SYMBOL_READ,	    /* symbolize: the code object could not be read */
+	PY_ERR__COUNT,
+};
+
+#endif /* SONDE_UNWIND_PYTHON_H */
