@@ -2,16 +2,18 @@
 /*
  * HTTP/1.x server exchanges seen from syscall tracepoints (no kprobes, no
  * fentry: neither exists on every kernel sonde runs on). Only processes in
- * `targets` are looked at; for everyone else each hook costs one hash
- * lookup. Only accepted connections are tracked: an fd of a watched process
- * that is not in `conns` costs a second lookup and nothing more.
+ * `targets` are looked at: for everyone else a hook costs one hash lookup.
  *
- * BPF recognises a request head by its method token and a response head by
- * "HTTP/1."; it copies the first RED_HEAD_MAX bytes of both and counts the
- * bytes of the writes that follow. Userspace (red_agg.c) parses and pairs.
+ * The framing happens here, so that userspace gets one record per exchange
+ * rather than one per write: a request head is recognised by its method
+ * token and its first RED_REQ_HEAD bytes are kept in the connection; the
+ * response head gives the status, Content-Length and Transfer-Encoding;
+ * the bytes written after it are counted until the last one, and only then
+ * is the record sent (red.h says when else an exchange ends).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 
@@ -19,12 +21,14 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The tgids the script gave the plugin (value unused), filled by userspace. */
+/* The tgids the script gave the plugin, a bitmap (bit tgid % 64 of word
+ * tgid / 64) kept by userspace: an array lookup is inlined by the verifier,
+ * so the common path (a process nobody asked about) costs a few loads. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RED_TARGET_WORDS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } targets SEC(".maps");
 
 struct conn_key {
@@ -34,19 +38,47 @@ struct conn_key {
 
 struct red_conn {
 	__u64 gen;
+	__u64 start;
+	__u64 last;
+	__u64 resp_bytes;
+	__s64 resp_expect; /* head + body bytes of the response; -1 unknown */
+	__s64 resp_clen;
+	__u32 resp_head_len;
 	__u16 lport;
+	__u16 status;
+	__u16 req_len;
 	__u8 state; /* enum red_conn_state */
-	__u8 pad[5];
+	__u8 chunked;
+	__u32 svc; /* the watched process whose service this is (a forked child's parent) */
+	__u32 daddr; /* client side: the server's IPv4 address */
+	__u8 client; /* the watched process connected (it sends the requests) */
+	__u8 pad[3];
+	__u8 req[RED_REQ_HEAD];
 };
 
 /* Accepted connections of watched processes; LRU so a missed close cannot
  * fill it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, struct conn_key);
 	__type(value, struct red_conn);
 } conns SEC(".maps");
+
+/* A child a watched process forked (servers that fork per connection, like
+ * busybox's httpd, which also moves the connection to fds 0 and 1). Its bit
+ * in targets is set while it lives. */
+struct child {
+	__u32 svc;     /* the watched tgid whose service it serves */
+	__s32 conn_fd; /* the fd its request came on; -1 none yet */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct child);
+} forked SEC(".maps");
 
 enum io_op {
 	IO_RX = 1,   /* read, recvfrom: buf is the data */
@@ -55,31 +87,17 @@ enum io_op {
 	IO_FILE = 4, /* sendfile: no user buffer */
 };
 
-struct io_args {
-	__u64 buf;
-	__u32 fd;
-	__u32 op; /* enum io_op */
+/* A response head being searched (too big for the BPF stack); the slack
+ * lets a header name be compared at any offset without a bounds check. */
+struct resp_buf {
+	__u8 b[RED_RESP_SCAN + 32];
 };
 
-/* A syscall of a tracked connection between its enter and exit, by thread. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct io_args);
-} io SEC(".maps");
-
-struct event_buf {
-	struct red_event ev;
-	__u8 data[RED_HEAD_MAX];
-};
-
-/* The record being built (too big for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct event_buf);
+	__type(value, struct resp_buf);
 } scratch SEC(".maps");
 
 /* enum red_stat counters. */
@@ -106,7 +124,10 @@ static __always_inline void stat_inc(__u32 stat)
 
 static __always_inline int watched(__u32 tgid)
 {
-	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+	__u32 word = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
+
+	return bits && (*bits >> (tgid % 64)) & 1;
 }
 
 /* Userspace is woken only once this much waits in the ringbuf (a wake-up
@@ -114,22 +135,49 @@ static __always_inline int watched(__u32 tgid)
  * before every scrape. 0: wake on every record. */
 const volatile __u64 wakeup_bytes = 0;
 
-static __always_inline void emit(struct event_buf *b, __u32 len)
+/* Sends the exchange in flight on c, ended for reason end. */
+static __always_inline void emit(struct red_conn *c, const struct conn_key *key, __u8 end)
 {
+	struct red_event *ev;
 	__u64 flags = 0;
 
-	if (len > RED_HEAD_MAX)
-		len = RED_HEAD_MAX;
 	if (wakeup_bytes)
 		flags = bpf_ringbuf_query(&red_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
 				? BPF_RB_FORCE_WAKEUP
 				: BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&red_events, b, sizeof(b->ev) + len, flags))
+	ev = bpf_ringbuf_reserve(&red_events, sizeof(*ev) + RED_REQ_HEAD, 0);
+	if (!ev) {
 		stat_inc(RED_STAT_RINGBUF_FULL);
+		return;
+	}
+	ev->type = RED_EV_EXCHANGE;
+	ev->end = end;
+	ev->len = c->req_len;
+	ev->tgid = c->svc;
+	ev->fd = key->fd;
+	ev->lport = c->lport;
+	ev->status = end == RED_END_ABORT || end == RED_END_UNPAIRED ? 0 : c->status;
+	ev->gen = c->gen;
+	ev->start = c->start;
+	ev->last = c->last;
+	ev->resp_bytes = c->resp_bytes;
+	ev->resp_head_len = c->resp_head_len;
+	ev->chunked = c->chunked;
+	ev->client = c->client;
+	ev->pad[0] = ev->pad[1] = 0;
+	ev->resp_clen = c->resp_clen;
+	ev->server_addr = c->daddr;
+	ev->pad2 = 0;
+	__builtin_memcpy(ev + 1, c->req, RED_REQ_HEAD);
+	bpf_ringbuf_submit(ev, flags);
 }
 
-/* The local port of the socket behind fd, through the task's file table:
- * works on every kernel with BTF, no sock_* tracepoint needed. */
+#define RED_S_IFMT   00170000
+#define RED_S_IFSOCK 0140000
+
+/* The local port of the socket behind fd, through the task's file table
+ * (works on every kernel with BTF, no sock_* tracepoint needed); 0 when fd
+ * is not a socket. */
 static __always_inline __u16 local_port(__u32 fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -142,11 +190,77 @@ static __always_inline __u16 local_port(__u32 fd)
 	if (fd >= BPF_CORE_READ(fdt, max_fds))
 		return 0;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f)
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & RED_S_IFMT) != RED_S_IFSOCK)
 		return 0;
 	sock = BPF_CORE_READ(f, private_data);
 	sk = BPF_CORE_READ(sock, sk);
 	return BPF_CORE_READ(sk, __sk_common.skc_num);
+}
+
+static __always_inline __u32 svc_of(__u32 tgid)
+{
+	struct child *ch = bpf_map_lookup_elem(&forked, &tgid);
+
+	return ch ? ch->svc : tgid;
+}
+
+/* Bit tgid of targets (atomically: userspace writes whole words, but only
+ * for tgids it attached, never for forked children). */
+static __always_inline void set_watched(__u32 tgid, int on)
+{
+	__u32 word = tgid / 64;
+	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
+
+	if (!bits)
+		return;
+	if (on)
+		__sync_fetch_and_or(bits, 1ULL << (tgid % 64));
+	else
+		__sync_fetch_and_and(bits, ~(1ULL << (tgid % 64)));
+}
+
+/* A watched process forked (not a thread): the child serves its service. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(red_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	struct child ch = {.conn_fd = -1};
+
+	if (ptgid == ctgid || !watched(ptgid))
+		return 0;
+	ch.svc = svc_of(ptgid);
+	if (!bpf_map_update_elem(&forked, &ctgid, &ch, BPF_ANY))
+		set_watched(ctgid, 1);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(red_exit, struct task_struct *task)
+{
+	__u32 tgid = task->tgid;
+	struct conn_key key = {.tgid = tgid};
+	struct red_conn *c;
+	struct child *ch;
+
+	if (task->pid != tgid)
+		return 0;
+	ch = bpf_map_lookup_elem(&forked, &tgid);
+	if (!ch)
+		return 0;
+	/* an exit closes without close(): end what is in flight (a response
+	 * delimited by the close, typically) */
+	key.fd = (__u32)ch->conn_fd;
+	c = ch->conn_fd >= 0 ? bpf_map_lookup_elem(&conns, &key) : NULL;
+	if (c) {
+		if (c->state == RED_CONN_IN_REQ)
+			emit(c, &key, RED_END_ABORT);
+		else if (c->state == RED_CONN_IN_RESP)
+			emit(c, &key, RED_END_CLOSE);
+		bpf_map_delete_elem(&conns, &key);
+	}
+	bpf_map_delete_elem(&forked, &tgid);
+	set_watched(tgid, 0);
+	return 0;
 }
 
 static __always_inline int on_accept_exit(long ret)
@@ -160,6 +274,7 @@ static __always_inline int on_accept_exit(long ret)
 	c.gen = bpf_ktime_get_ns();
 	c.lport = local_port((__u32)ret);
 	c.state = RED_CONN_IDLE;
+	c.svc = svc_of(tgid);
 	bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
 	stat_inc(RED_STAT_CONNS);
 	return 0;
@@ -177,52 +292,56 @@ int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
 	return on_accept_exit(ctx->ret);
 }
 
-static __always_inline int on_io_enter(__u64 fd, __u64 buf, __u32 op)
-{
-	__u64 id = bpf_get_current_pid_tgid();
-	struct conn_key key = {.tgid = id >> 32, .fd = (__u32)fd};
-	struct io_args a = {.buf = buf, .fd = (__u32)fd, .op = op};
+#define RED_AF_INET  2
+#define RED_AF_INET6 10
+#define RED_EINPROGRESS 115
 
-	if (!watched(key.tgid) || !bpf_map_lookup_elem(&conns, &key))
+/* A watched process connected (or started to): the client side of what
+ * goes over fd. IPv4 and v4-mapped IPv6 only. */
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
+	struct task_struct *task;
+	struct file **fds, *f = NULL;
+	struct fdtable *fdt;
+	struct red_conn c = {};
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family;
+
+	if ((ctx->ret && ctx->ret != -RED_EINPROGRESS) || !watched(key.tgid))
 		return 0;
-	bpf_map_update_elem(&io, &id, &a, BPF_ANY);
+	task = bpf_get_current_task_btf();
+	key.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL((struct pt_regs *)bpf_task_pt_regs(task));
+	fdt = BPF_CORE_READ(task, files, fdt);
+	fds = BPF_CORE_READ(fdt, fd);
+	if (key.fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[key.fd]);
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & RED_S_IFMT) != RED_S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == RED_AF_INET)
+		c.daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	else if (family == RED_AF_INET6 &&
+		 BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[2]) ==
+			 bpf_htonl(0xffff))
+		c.daddr = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[3]);
+	else
+		return 0;
+	c.lport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	c.gen = bpf_ktime_get_ns();
+	c.state = RED_CONN_IDLE;
+	c.client = 1;
+	c.svc = svc_of(key.tgid);
+	bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+	stat_inc(RED_STAT_CONNS);
 	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_read")
-int sys_enter_read(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_io_enter(ctx->args[0], ctx->args[1], IO_RX);
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int sys_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_io_enter(ctx->args[0], ctx->args[1], IO_RX);
-}
-
-SEC("tracepoint/syscalls/sys_enter_write")
-int sys_enter_write(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_io_enter(ctx->args[0], ctx->args[1], IO_TX);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int sys_enter_sendto(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_io_enter(ctx->args[0], ctx->args[1], IO_TX);
-}
-
-SEC("tracepoint/syscalls/sys_enter_writev")
-int sys_enter_writev(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_io_enter(ctx->args[0], ctx->args[1], IO_TXV);
-}
-
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int sys_enter_sendfile64(struct trace_event_raw_sys_enter *ctx)
-{
-	return on_io_enter(ctx->args[0], 0, IO_FILE); /* out_fd */
 }
 
 /* A request line starts with a method token (1..15 of A-Z, '-', '_') and a
@@ -243,151 +362,332 @@ static __always_inline int is_request(const __u8 *p)
 static __always_inline int is_response(const __u8 *p)
 {
 	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' &&
-	       p[5] == '1' && p[6] == '.';
+	       p[5] == '1' && p[6] == '.' && p[8] == ' ' && p[9] >= '1' && p[9] <= '9' &&
+	       p[10] >= '0' && p[10] <= '9' && p[11] >= '0' && p[11] <= '9';
 }
 
-/* Copies the head at buf (at most avail bytes) into b->data; its length. */
-static __always_inline __u32 copy_head(struct event_buf *b, __u64 buf, __u64 avail)
-{
-	__u32 len = avail < RED_HEAD_MAX ? (__u32)avail : RED_HEAD_MAX;
+/* What the search of a response head found. */
+struct scan {
+	__u32 n;	/* bytes in the scratch buffer */
+	__u32 head_len; /* through the blank line; 0 not found */
+	__u32 clen_at;	/* where Content-Length's value starts; 0 none */
+	__u32 chunked;
+};
 
-	if (bpf_probe_read_user(b->data, len & (2 * RED_HEAD_MAX - 1), (const void *)buf)) {
-		stat_inc(RED_STAT_READ_FAULT);
-		return 0;
+#define ONES  0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+#define LOWER 0x2020202020202020ULL /* ASCII letters to lower case; '-' and ':' stay */
+
+/* Looks at the header line starting at p: 1 at the blank line that ends
+ * the head. A global function: verified once, not once per call site of
+ * the loop below. */
+__noinline int scan_line(struct scan *s, struct resp_buf *rb, __u32 p)
+{
+	__u64 a, b;
+
+	if (!s || !rb)
+		return 1;
+	p &= RED_RESP_SCAN - 1;
+	if (rb->b[p] == '\r' || rb->b[p] == '\n') {
+		s->head_len = p + (rb->b[p] == '\r' ? 2 : 1);
+		if (s->head_len > s->n)
+			s->head_len = 0;
+		return 1;
 	}
-	return len;
+	a = *(const __u64 *)(rb->b + p) | LOWER;
+	b = *(const __u64 *)(rb->b + p + 8) | LOWER;
+	if (a == 0x2d746e65746e6f63ULL /* "content-" */ &&
+	    (b & 0xffffffffffffffULL) == 0x3a6874676e656cULL /* "length:" */)
+		s->clen_at = p + 15; /* parsed once the loop is over */
+	else if (a == 0x726566736e617274ULL /* "transfer" */ &&
+		 b == 0x6e69646f636e652dULL /* "-encodin" */)
+		s->chunked = 1; /* a response's only transfer coding is chunked, in practice */
+	return 0;
 }
 
-static __always_inline int on_io_exit(long ret)
+/* Finds the header lines of the head in rb (s->n bytes), 8 bytes at a
+ * time: most words of a head hold no '\n'. */
+static __always_inline void scan_head(struct scan *s, struct resp_buf *rb)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct io_args *a = bpf_map_lookup_elem(&io, &id);
-	struct conn_key key = {.tgid = id >> 32};
-	struct event_buf *b;
-	struct red_conn *c;
-	__u64 data, avail = ret;
-	__u32 zero = 0, len = 0, op;
-	__u8 type = 0;
+	__u32 w, k, o;
+	__u64 x, y;
 
-	if (!a)
+	for (w = 0; w < RED_RESP_SCAN / 8; w++) {
+		o = w * 8;
+		if (o >= s->n)
+			return;
+		x = *(const __u64 *)(rb->b + o);
+		y = x ^ (ONES * '\n');
+		if (!((y - ONES) & ~y & HIGHS))
+			continue;
+		for (k = 0; k < 8; k++) {
+			if (((x >> (8 * k)) & 0xff) != '\n')
+				continue;
+			if (o + k + 1 >= s->n || scan_line(s, rb, o + k + 1))
+				return;
+		}
+	}
+}
+
+/* The head of a request (its first bytes) says HEAD: no response body. */
+static __always_inline int is_head_req(const struct red_conn *c)
+{
+	return c->req[0] == 'H' && c->req[1] == 'E' && c->req[2] == 'A' && c->req[3] == 'D' &&
+	       c->req[4] == ' ';
+}
+
+/* The write at data (avail bytes of the first buffer, ret in all) while a
+ * request waits: frame its response head. 0 when it is not one, was
+ * interim (1xx but 101) or could not be read. */
+static __always_inline int start_response(struct red_conn *c, __u64 data, __u64 avail, long ret)
+{
+	struct scan s = {};
+	struct resp_buf *rb;
+	__u32 zero = 0, n, i, at, digits = 0;
+	__s64 body, clen = 0;
+	__u16 status;
+
+	rb = bpf_map_lookup_elem(&scratch, &zero);
+	if (!rb)
 		return 0;
-	key.fd = a->fd;
-	data = a->buf;
-	op = a->op;
-	bpf_map_delete_elem(&io, &id);
-	if (ret <= 0)
+	n = avail < RED_RESP_SCAN ? (__u32)avail : RED_RESP_SCAN;
+	if (n < 12 || bpf_probe_read_user(rb->b, n, (const void *)data) || !is_response(rb->b))
 		return 0;
+	status = (rb->b[9] - '0') * 100 + (rb->b[10] - '0') * 10 + (rb->b[11] - '0');
+	if (status < 200 && status != 101)
+		return 0; /* 100 Continue and friends: the final response follows */
+	/* zeros after the data, so a header cut by the end reads as cut */
+	*(__u64 *)(rb->b + n) = 0;
+	*(__u64 *)(rb->b + n + 8) = 0;
+	*(__u64 *)(rb->b + n + 16) = 0;
+	*(__u64 *)(rb->b + n + 24) = 0;
+	s.n = n;
+	scan_head(&s, rb);
+	at = s.clen_at & (RED_RESP_SCAN - 1);
+	for (i = 0; s.clen_at && i < 20; i++) {
+		__u8 c = rb->b[at + i];
+
+		if (c == ' ' && !digits)
+			continue;
+		if (c < '0' || c > '9')
+			break;
+		clen = clen * 10 + (c - '0');
+		digits++;
+	}
+	if (!digits)
+		clen = -1;
+	c->status = status;
+	c->resp_head_len = s.head_len;
+	c->resp_clen = clen;
+	c->chunked = s.chunked;
+	c->resp_bytes = ret;
+	if (is_head_req(c) || status == 204 || status == 304 || status == 101)
+		body = 0;
+	else if (!s.chunked)
+		body = clen; /* -1: delimited by the close */
+	else
+		body = -1;
+	c->resp_expect = s.head_len && body >= 0 ? (__s64)s.head_len + body : -1;
+	c->state = RED_CONN_IN_RESP;
+	return 1;
+}
+
+/* A chunked body ends with a zero-size chunk and no trailer. */
+static __always_inline int chunked_end(__u64 data, long ret)
+{
+	char t[5];
+
+	if (ret < 5 || bpf_probe_read_user(t, sizeof(t), (const void *)(data + ret - 5)))
+		return 0;
+	return t[0] == '0' && t[1] == '\r' && t[2] == '\n' && t[3] == '\r' && t[4] == '\n';
+}
+
+/* A request head read from a socket we did not see accepted (accepted
+ * before sonded started, or by the parent of this forked child): track
+ * the connection from here. Only watched processes get here, for a read
+ * on an fd that is not tracked. */
+static __always_inline struct red_conn *adopt(const struct conn_key *key, __u64 data,
+					      __u64 avail)
+{
+	struct red_conn c = {};
+	struct child *ch;
+	__u8 p[16] = {};
+
+	if (bpf_probe_read_user(p, avail < 16 ? avail : 16, (const void *)data) || !is_request(p))
+		return NULL;
+	c.lport = local_port(key->fd);
+	if (!c.lport)
+		return NULL;
+	c.gen = bpf_ktime_get_ns();
+	c.state = RED_CONN_IDLE;
+	ch = bpf_map_lookup_elem(&forked, &key->tgid);
+	c.svc = ch ? ch->svc : key->tgid;
+	if (bpf_map_update_elem(&conns, key, &c, BPF_NOEXIST))
+		return NULL;
+	if (ch)
+		ch->conn_fd = (__s32)key->fd;
+	stat_inc(RED_STAT_CONNS);
+	return bpf_map_lookup_elem(&conns, key);
+}
+
+/* A forked child writing on another fd than it read its request from (a
+ * dup of the socket, as busybox's httpd writes on 1 what it read on 0): its
+ * one connection, when fd is a socket with the same local port. */
+static __always_inline struct red_conn *child_conn(struct conn_key *key)
+{
+	struct child *ch = bpf_map_lookup_elem(&forked, &key->tgid);
+	struct conn_key k = {.tgid = key->tgid};
+	struct red_conn *c;
+
+	if (!ch || ch->conn_fd < 0)
+		return NULL;
+	k.fd = (__u32)ch->conn_fd;
+	c = bpf_map_lookup_elem(&conns, &k);
+	if (!c || c->lport != local_port(key->fd))
+		return NULL;
+	key->fd = k.fd; /* the record names the connection's fd */
+	return c;
+}
+
+/* Every hooked syscall has the fd first and, but sendfile, the buffer
+ * second: the exit hook reads them from the registers the syscall entry
+ * saved (untouched until the return to user space), so there is no enter
+ * hook and nothing to keep between the two. */
+static __always_inline int on_io_exit(long ret, __u32 op)
+{
+	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
+	__u64 data = 0, avail = ret;
+	struct red_conn *c;
+	struct pt_regs *regs;
+	__u8 p[16] = {};
+	__u32 len;
+
+	if (ret <= 0 || !watched(key.tgid))
+		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	key.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	if (op != IO_FILE)
+		data = PT_REGS_PARM2_CORE_SYSCALL(regs);
 	c = bpf_map_lookup_elem(&conns, &key);
-	b = bpf_map_lookup_elem(&scratch, &zero);
-	if (!c || !b)
+	if (!c && op == IO_RX)
+		c = adopt(&key, data, avail);
+	else if (!c)
+		c = child_conn(&key);
+	if (!c)
 		return 0;
 	if (op == IO_TXV) {
 		struct iovec iov;
 
+		if (c->state == RED_CONN_IDLE && !c->client)
+			return 0;
 		if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)data))
 			return 0;
 		data = (__u64)iov.iov_base;
 		if ((__u64)iov.iov_len < avail)
 			avail = iov.iov_len;
 	}
-	if (op != IO_FILE) {
-		__builtin_memset(b->data, 0, 16);
-		if (bpf_probe_read_user(b->data, avail < 16 ? avail : 16, (const void *)data))
-			return 0;
+	/* a server reads requests and writes responses, a client the reverse */
+	if (c->client ? op == IO_TX || op == IO_TXV : op == IO_RX) {
+		len = avail < RED_REQ_HEAD ? (__u32)avail : RED_REQ_HEAD;
+		if (c->state == RED_CONN_IDLE) {
+			/* nothing in flight to keep: one read, straight into place */
+			if (bpf_probe_read_user(c->req, len, (const void *)data) ||
+			    !is_request(c->req))
+				return 0;
+		} else {
+			if (bpf_probe_read_user(p, avail < 16 ? avail : 16, (const void *)data) ||
+			    !is_request(p))
+				return 0; /* a body, or bytes of a head already seen */
+			emit(c, &key,
+			     c->state == RED_CONN_IN_RESP ? RED_END_NEXT : RED_END_UNPAIRED);
+			if (bpf_probe_read_user(c->req, len, (const void *)data)) {
+				stat_inc(RED_STAT_READ_FAULT);
+				len = 0;
+			}
+		}
+		c->req_len = len;
+		c->start = c->last = bpf_ktime_get_ns();
+		c->state = RED_CONN_IN_REQ;
+		c->status = 0;
+		c->resp_bytes = 0;
+		c->resp_head_len = 0;
+		c->resp_clen = -1;
+		c->resp_expect = -1;
+		c->chunked = 0;
+		return 0;
 	}
-	if (op == IO_RX) {
-		if (!is_request(b->data))
-			return 0; /* a body, or bytes of a head already seen */
-		type = RED_EV_REQ;
-		len = copy_head(b, data, avail);
-	} else if (op != IO_FILE && c->state != RED_CONN_IDLE && is_response(b->data)) {
-		type = RED_EV_RESP;
-		len = copy_head(b, data, avail);
+	if (c->client && op != IO_RX)
+		return 0;
+	if (c->state == RED_CONN_IN_REQ) {
+		if (op == IO_FILE || !start_response(c, data, avail, ret))
+			return 0;
 	} else if (c->state == RED_CONN_IN_RESP) {
-		type = RED_EV_DATA;
+		c->resp_bytes += ret;
 	} else {
 		return 0;
 	}
-	b->ev.type = type;
-	b->ev.state = c->state;
-	b->ev.len = len;
-	b->ev.tgid = key.tgid;
-	b->ev.fd = key.fd;
-	b->ev.lport = c->lport;
-	b->ev.pad = 0;
-	b->ev.gen = c->gen;
-	b->ev.ts = bpf_ktime_get_ns();
-	b->ev.bytes = ret;
-	c->state = type == RED_EV_REQ ? RED_CONN_IN_REQ : RED_CONN_IN_RESP;
-	emit(b, len);
+	c->last = bpf_ktime_get_ns();
+	if ((c->resp_expect >= 0 && c->resp_bytes >= (__u64)c->resp_expect) ||
+	    (c->chunked && (op == IO_TX || op == IO_RX) && chunked_end(data, ret))) {
+		emit(c, &key, RED_END_LENGTH);
+		c->state = RED_CONN_IDLE;
+	}
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_read")
 int sys_exit_read(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret);
+	return on_io_exit(ctx->ret, IO_RX);
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int sys_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret);
+	return on_io_exit(ctx->ret, IO_RX);
 }
 
 SEC("tracepoint/syscalls/sys_exit_write")
 int sys_exit_write(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret);
+	return on_io_exit(ctx->ret, IO_TX);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendto")
 int sys_exit_sendto(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret);
+	return on_io_exit(ctx->ret, IO_TX);
 }
 
 SEC("tracepoint/syscalls/sys_exit_writev")
 int sys_exit_writev(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret);
+	return on_io_exit(ctx->ret, IO_TXV);
 }
 
 SEC("tracepoint/syscalls/sys_exit_sendfile64")
 int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret);
+	return on_io_exit(ctx->ret, IO_FILE);
 }
 
-/* The close of a tracked connection: userspace ends what is in flight. */
+/* The close of a tracked connection ends what is in flight on it. */
 SEC("tracepoint/syscalls/sys_enter_close")
 int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct conn_key key = {.tgid = id >> 32, .fd = (__u32)ctx->args[0]};
-	struct event_buf *b;
 	struct red_conn *c;
-	__u32 zero = 0;
 
 	if (!watched(key.tgid))
 		return 0;
 	c = bpf_map_lookup_elem(&conns, &key);
 	if (!c)
 		return 0;
-	b = bpf_map_lookup_elem(&scratch, &zero);
-	if (b && c->state != RED_CONN_IDLE) {
-		b->ev.type = RED_EV_CLOSE;
-		b->ev.state = c->state;
-		b->ev.len = 0;
-		b->ev.tgid = key.tgid;
-		b->ev.fd = key.fd;
-		b->ev.lport = c->lport;
-		b->ev.pad = 0;
-		b->ev.gen = c->gen;
-		b->ev.ts = bpf_ktime_get_ns();
-		b->ev.bytes = 0;
-		emit(b, 0);
-	}
+	if (c->state == RED_CONN_IN_REQ)
+		emit(c, &key, RED_END_ABORT);
+	else if (c->state == RED_CONN_IN_RESP)
+		emit(c, &key, RED_END_CLOSE);
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
 }

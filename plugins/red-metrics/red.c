@@ -16,6 +16,7 @@
 #include <sys/epoll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
@@ -29,6 +30,7 @@
 struct red_settings {
 	int64_t max_routes;
 	int64_t ringbuf_mb;
+	int64_t window_s;
 };
 
 /* The self counters, in the order of struct sonde_red_agg_stats, then the
@@ -38,15 +40,14 @@ static const char *const counter_names[][2] = {
 	{"forced-next", "Requests ended by the next request on the connection: length unknown."},
 	{"forced-close", "Requests ended by the connection's close: length unknown or short."},
 	{"aborted", "Requests whose connection closed before a response: not counted."},
-	{"unpaired", "Request or response heads without their other half: not counted."},
+	{"unpaired", "Requests followed by another before any response: not counted."},
 	{"bad-heads", "Captured heads that did not parse as HTTP/1.x."},
-	{"pending-full", "Requests dropped: too many exchanges in flight."},
 	{"route-overflow", "Requests folded into http_route=\"_OTHER\" by the per-service cap."},
 	{"ringbuf-drops", "Records lost because the plugin's ringbuf was full."},
 	{"read-faults", "Heads that could not be read from the process's memory."},
 	{"connections", "Connections accepted by watched processes."},
 };
-#define N_AGG_COUNTERS 8
+#define N_AGG_COUNTERS 7
 #define N_COUNTERS     (sizeof(counter_names) / sizeof(counter_names[0]))
 _Static_assert(N_AGG_COUNTERS * sizeof(uint64_t) == sizeof(struct sonde_red_agg_stats),
 	       "one counter per field of sonde_red_agg_stats");
@@ -59,6 +60,8 @@ struct red {
 	struct ring_buffer *rb;
 	struct sonde_red_agg *agg;
 	void *timer;
+	void *window_timer;
+	struct timespec window_start; /* CLOCK_REALTIME */
 	int rb_fd;
 	uint64_t *counters[N_COUNTERS];
 };
@@ -139,6 +142,31 @@ static void on_timer(void *ctx)
 	sync_counters(r);
 }
 
+/* The window's series on the `red` topic; with exports off (-ENOTCONN) the
+ * window just starts over. */
+static void on_window(void *ctx)
+{
+	struct red *r = ctx;
+	struct timespec now;
+	double start, duration;
+	size_t len;
+	void *buf;
+	int rc;
+
+	ring_buffer__consume(r->rb);
+	clock_gettime(CLOCK_REALTIME, &now);
+	start = (double)r->window_start.tv_sec + (double)r->window_start.tv_nsec / 1e9;
+	duration = (double)now.tv_sec + (double)now.tv_nsec / 1e9 - start;
+	if (sonde_red_agg__window(r->agg, start, duration, &buf, &len))
+		return; /* out of memory: this window goes into the next */
+	r->window_start = now;
+	rc = r->api->publish(r->host, "red", buf, len);
+	if (rc && rc != -ENOTCONN)
+		r->api->log(r->host, SONDE_PLUGIN_LOG_WARN, "cannot publish on red: %s",
+			    strerror(-rc));
+	free(buf);
+}
+
 static void red_fini(void *state)
 {
 	struct red *r = state;
@@ -147,6 +175,8 @@ static void red_fini(void *state)
 		return;
 	if (r->timer)
 		r->api->cancel_timer(r->host, r->timer);
+	if (r->window_timer)
+		r->api->cancel_timer(r->host, r->window_timer);
 	if (r->rb_fd >= 0)
 		r->api->unwatch_fd(r->host, r->rb_fd);
 	ring_buffer__free(r->rb);
@@ -164,15 +194,16 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 	size_t i;
 	int rc;
 
-	if (api->size < offsetof(struct sonde_host_api, publish)) {
+	if (api->size < offsetof(struct sonde_host_api, publish) + sizeof(api->publish)) {
 		snprintf(err, errlen, "this sonded's host API is too old (ABI %u.%u)",
 			 api->abi_major, api->abi_minor);
 		return NULL;
 	}
 	if (s->max_routes < 1 || s->max_routes > 100000 || s->ringbuf_mb < 1 ||
-	    s->ringbuf_mb > 1024 || (s->ringbuf_mb & (s->ringbuf_mb - 1))) {
-		snprintf(err, errlen,
-			 "max_routes must be 1..100000 and ringbuf_mb a power of 2 in 1..1024");
+	    s->ringbuf_mb > 1024 || (s->ringbuf_mb & (s->ringbuf_mb - 1)) || s->window_s < 1 ||
+	    s->window_s > 3600) {
+		snprintf(err, errlen, "max_routes must be 1..100000, ringbuf_mb a power of 2 in "
+				      "1..1024 and window_s 1..3600");
 		return NULL;
 	}
 	r = calloc(1, sizeof(*r));
@@ -235,6 +266,13 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 		snprintf(err, errlen, "cannot add a timer");
 		goto fail;
 	}
+	clock_gettime(CLOCK_REALTIME, &r->window_start);
+	r->window_timer = api->add_timer(host, (uint64_t)s->window_s * 1000,
+					 (uint64_t)s->window_s * 1000, on_window, r);
+	if (!r->window_timer) {
+		snprintf(err, errlen, "cannot add a timer");
+		goto fail;
+	}
 	api->log(host, SONDE_PLUGIN_LOG_INFO,
 		 "watching HTTP/1.x servers, max %lld routes per service",
 		 (long long)s->max_routes);
@@ -251,6 +289,24 @@ static const char *basename_of(const char *path)
 	return slash ? slash + 1 : path;
 }
 
+/* Sets or clears tgid's bit in the targets bitmap (only this thread writes it). */
+static int set_target(struct red *r, uint32_t tgid, int on)
+{
+	int fd = bpf_map__fd(r->skel->maps.targets);
+	uint32_t word = tgid / 64;
+	uint64_t bits = 0;
+
+	if (word >= RED_TARGET_WORDS)
+		return -ERANGE;
+	if (bpf_map_lookup_elem(fd, &word, &bits))
+		return -errno;
+	if (on)
+		bits |= 1ULL << (tgid % 64);
+	else
+		bits &= ~(1ULL << (tgid % 64));
+	return bpf_map_update_elem(fd, &word, &bits, BPF_ANY) ? -errno : 0;
+}
+
 static int red_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
 		      size_t reasonlen)
 {
@@ -258,15 +314,15 @@ static int red_attach(void *state, const struct sonde_plugin_process *proc, char
 	const char *name = proc->comm && *proc->comm ? proc->comm
 			   : proc->exe && *proc->exe ? basename_of(proc->exe)
 						     : "unknown_service";
-	uint32_t tgid = proc->pid, one = 1;
+	uint32_t tgid = proc->pid;
 	int rc;
 
 	rc = sonde_red_agg__set_service(r->agg, tgid, name);
 	if (rc)
 		return rc;
-	if (bpf_map_update_elem(bpf_map__fd(r->skel->maps.targets), &tgid, &one, BPF_ANY)) {
-		rc = -errno;
-		snprintf(reason, reasonlen, "target map full: %s", strerror(-rc));
+	rc = set_target(r, tgid, 1);
+	if (rc) {
+		snprintf(reason, reasonlen, "cannot watch pid %u: %s", tgid, strerror(-rc));
 		sonde_red_agg__forget(r->agg, tgid);
 		return rc;
 	}
@@ -279,7 +335,7 @@ static void red_detach(void *state, uint32_t pid)
 
 	/* Records of pid still in the ringbuf come first. */
 	ring_buffer__consume(r->rb);
-	bpf_map_delete_elem(bpf_map__fd(r->skel->maps.targets), &pid);
+	set_target(r, pid, 0);
 	sonde_red_agg__forget(r->agg, pid);
 }
 
@@ -297,6 +353,8 @@ static const struct sonde_plugin_setting red_settings_table[] = {
 	 "distinct http_route values per service; the rest become _OTHER"},
 	{SONDE_SETTING_INT, "ringbuf_mb", "4", offsetof(struct red_settings, ringbuf_mb),
 	 "size of the plugin's ringbuf in MiB (a power of 2)"},
+	{SONDE_SETTING_INT, "window_s", "10", offsetof(struct red_settings, window_s),
+	 "seconds between two messages on the export socket's red topic"},
 	{SONDE_SETTING_END},
 };
 
@@ -307,8 +365,8 @@ const struct sonde_plugin sonde_plugin = {
 	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
 	.size = sizeof(struct sonde_plugin),
 	.name = "red-metrics",
-	.version = "0.1",
-	.description = "HTTP/1.x server RED metrics from syscall tracepoints",
+	.version = "0.2",
+	.description = "HTTP/1.x server and client RED metrics from syscall tracepoints",
 	.settings = red_settings_table,
 	.settings_size = sizeof(struct red_settings),
 	.init = red_init,

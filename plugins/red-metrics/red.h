@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The BPF<->userspace ABI of the red-metrics plugin: the records red.bpf.c
+ * The BPF<->userspace ABI of the red-metrics plugin: the record red.bpf.c
  * puts in the plugin's ringbuf and red_agg.c consumes. Kernel-free: both
  * sides include it.
  *
@@ -8,13 +8,18 @@
  * created it, so a reused fd never mixes two connections. Timestamps are
  * CLOCK_MONOTONIC ns (bpf_ktime_get_ns), taken at syscall exit.
  *
- * Per request the server side produces: one RED_EV_REQ (the read that
- * returned a request head, its first RED_HEAD_MAX bytes), one RED_EV_RESP
- * (the write that starts with "HTTP/1.", its first bytes), a RED_EV_DATA
- * for every further write/writev/sendto/sendfile while the response is
- * being written, and a RED_EV_CLOSE when the connection is closed with an
- * exchange in flight. BPF does not parse Content-Length: userspace does,
- * and ends the request at the write that carries the response's last byte.
+ * BPF frames the exchanges itself: it keeps the first RED_REQ_HEAD bytes of
+ * a request head (method, target, the first headers), reads the status
+ * line, Content-Length and Transfer-Encoding of the response head, counts
+ * the bytes written after it, and sends ONE record per exchange, when the
+ * response's last byte is written (RED_END_LENGTH) or, when its length is
+ * unknown, when the next request or the close ends it. Userspace parses the
+ * request head, builds the route and aggregates.
+ *
+ * The client side is the mirror image: connections a watched process
+ * connected (IPv4), the request head is the write, the response the reads;
+ * lport is then the server's port. Durations run from the exit of the
+ * request's write to the exit of the read of the response's last byte.
  */
 #ifndef SONDE_RED_H
 #define SONDE_RED_H
@@ -23,20 +28,29 @@
 #include <linux/types.h>
 #endif
 
-#define RED_HEAD_MAX 512 /* bytes of a head copied into a record; a power of 2 */
+#define RED_REQ_HEAD  192 /* bytes of a request head kept and sent; a multiple of 8 */
+#define RED_TARGET_WORDS 65536 /* the targets bitmap: tgids below 64 * this (pid_max's max) */
+#define RED_RESP_SCAN 512 /* bytes of a response head searched for its framing; a power of 2 */
 
 enum red_event_type {
-	RED_EV_REQ = 1,
-	RED_EV_RESP = 2,
-	RED_EV_DATA = 3,
-	RED_EV_CLOSE = 4,
+	RED_EV_EXCHANGE = 1, /* the only record type */
+};
+
+/* How an exchange ended (struct red_event.end). */
+enum red_end {
+	RED_END_LENGTH = 1,   /* its response's last byte was written (Content-Length,
+				 no-body status or HEAD, or chunked's last chunk) */
+	RED_END_NEXT = 2,     /* the next request head, response length unknown */
+	RED_END_CLOSE = 3,    /* the close, response length unknown (or short) */
+	RED_END_ABORT = 4,    /* the close, before any response: no status */
+	RED_END_UNPAIRED = 5, /* another request head before any response */
 };
 
 /* Connection state in BPF (struct red_conn.state). */
 enum red_conn_state {
-	RED_CONN_IDLE = 0,    /* accepted, no request yet */
+	RED_CONN_IDLE = 0,    /* no exchange in flight */
 	RED_CONN_IN_REQ = 1,  /* a request head was read, no response yet */
-	RED_CONN_IN_RESP = 2, /* a response head was written */
+	RED_CONN_IN_RESP = 2, /* a final response head was written */
 };
 
 /* Counters of the plugin's BPF side (a per-CPU array, summed by userspace). */
@@ -48,18 +62,26 @@ enum red_stat {
 };
 
 struct red_event {
-	__u8 type;  /* enum red_event_type */
-	__u8 state; /* the connection's state before this event */
-	__u16 len;  /* bytes of data[] that follow (heads only) */
+	__u8 type;   /* enum red_event_type */
+	__u8 end;    /* enum red_end */
+	__u16 len;   /* bytes of the request head that follow, <= RED_REQ_HEAD */
 	__u32 tgid;
 	__u32 fd;
-	__u16 lport; /* the listening socket's local port, host order; 0 unknown */
-	__u16 pad;
-	__u64 gen;   /* ktime of the accept */
-	__u64 ts;    /* ktime of the syscall exit */
-	__s64 bytes; /* the syscall's return value (bytes moved) */
-		     /* followed by len bytes: the head */
+	__u16 lport;  /* the server's port, host order; 0 unknown */
+	__u16 status; /* the final response's status; 0 with RED_END_ABORT/UNPAIRED */
+	__u64 gen;    /* ktime of the accept */
+	__u64 start;  /* ktime of the read that returned the request head */
+	__u64 last;   /* ktime of the last response write (start if none) */
+	__u64 resp_bytes;    /* bytes written for the response, its head included */
+	__u32 resp_head_len; /* the response head's length; 0 not within RED_RESP_SCAN */
+	__u8 chunked;	     /* the response was Transfer-Encoding: chunked */
+	__u8 client;	     /* 1: the watched process was the client (it connected) */
+	__u8 pad[2];
+	__s64 resp_clen;     /* the response's Content-Length; -1 none */
+	__u32 server_addr;   /* client side: the server's IPv4 address, network order */
+	__u32 pad2;
+			     /* followed by len bytes: the request head */
 };
-_Static_assert(sizeof(struct red_event) == 40, "red_event is part of the BPF ABI");
+_Static_assert(sizeof(struct red_event) == 72, "red_event is part of the BPF ABI");
 
 #endif /* SONDE_RED_H */

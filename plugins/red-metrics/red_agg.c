@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: MIT
 /*
- * Exchanges in flight are keyed by (tgid, fd) and carry the connection's
- * gen: a record of another gen means the fd was reused without a close we
- * saw, so what was in flight ends there. Series live for the daemon's
- * lifetime (no TTL yet); the route cap bounds how many a service can make.
+ * BPF pairs and frames the exchanges (red.bpf.c); what is left here is
+ * naming them: the request head gives method and route, the record the
+ * rest. Series live for the daemon's lifetime (no TTL yet); the route cap
+ * bounds how many a service can make.
  */
+#include <arpa/inet.h>
 #include <errno.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,9 +146,8 @@ static void map_clear(struct map *m, void (*free_value)(void *))
 	memset(m, 0, sizeof(*m));
 }
 
-struct series {
-	struct series *next;		   /* in creation order, for stable output */
-	char *labels;			   /* the label set, Prometheus text, without braces */
+/* The three histograms of a series. */
+struct hists {
 	uint64_t duration[N_DURATION + 1]; /* per bound, +Inf last; not cumulative */
 	double duration_sum;
 	uint64_t req_size[N_SIZE + 1], resp_size[N_SIZE + 1];
@@ -156,22 +155,28 @@ struct series {
 	uint64_t count;
 };
 
-/* An exchange in flight on one connection. */
-struct pending {
-	uint32_t tgid, fd;
-	uint64_t gen;
+struct series {
+	struct series *next; /* in creation order, for stable output */
+	char *labels;	     /* the label set, Prometheus text, without braces */
+	char *service, *route;
+	const char *method; /* static */
+	int status;
+	int client;
+	char addr[16];
 	uint16_t port;
-	bool has_resp;
+	struct hists all; /* since the start, for /metrics */
+	struct hists win; /* since the last sonde_red_agg__window() */
+};
+
+/* One exchange, as the series needs it. */
+struct exchange {
+	uint32_t tgid;
+	int client;    /* the watched process was the client */
+	char addr[16]; /* client side: the server's address */
+	uint16_t port;
+	int status;
 	const char *method;
 	char route[SONDE_RED_ROUTE_MAX];
-	bool is_head;
-	int64_t req_clen;
-	uint64_t start_ns, last_ns;
-	int status;
-	int64_t resp_clen;   /* -1 unknown */
-	int64_t resp_expect; /* head + body bytes; -1 unknown */
-	size_t resp_head_len;
-	uint64_t resp_written;
 };
 
 struct service_routes {
@@ -187,7 +192,6 @@ struct sonde_red_agg {
 	struct map routes;	 /* "name\0route" -> &route_present */
 	struct map route_counts; /* "name" -> struct service_routes */
 	struct map series;	 /* labels -> struct series */
-	struct map pending;	 /* (tgid, fd) -> struct pending */
 	struct series *first, **tail;
 };
 
@@ -198,7 +202,6 @@ struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
 	if (!agg)
 		return NULL;
 	agg->opts.max_routes = opts && opts->max_routes ? opts->max_routes : 100;
-	agg->opts.max_pending = opts && opts->max_pending ? opts->max_pending : 65536;
 	agg->tail = &agg->first;
 	return agg;
 }
@@ -207,8 +210,11 @@ static void free_series(void *v)
 {
 	struct series *s = v;
 
-	if (s)
+	if (s) {
 		free(s->labels);
+		free(s->service);
+		free(s->route);
+	}
 	free(s);
 }
 
@@ -220,7 +226,6 @@ void sonde_red_agg__free(struct sonde_red_agg *agg)
 	map_clear(&agg->routes, NULL);
 	map_clear(&agg->route_counts, free);
 	map_clear(&agg->series, free_series);
-	map_clear(&agg->pending, free);
 	free(agg);
 }
 
@@ -241,17 +246,7 @@ int sonde_red_agg__set_service(struct sonde_red_agg *agg, uint32_t tgid, const c
 
 void sonde_red_agg__forget(struct sonde_red_agg *agg, uint32_t tgid)
 {
-	struct map_entry *e, *next;
-	size_t i;
-
 	free(map_del(&agg->services, &tgid, sizeof(tgid)));
-	for (i = 0; i < agg->pending.nbuckets; i++) {
-		for (e = agg->pending.buckets[i]; e; e = next) {
-			next = e->next;
-			if (((struct pending *)e->value)->tgid == tgid)
-				free(map_del(&agg->pending, e->key, e->keylen));
-		}
-	}
 }
 
 const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_agg *agg)
@@ -312,11 +307,12 @@ static const char *cap_route(struct sonde_red_agg *agg, const char *service, con
 	return route;
 }
 
-static struct series *get_series(struct sonde_red_agg *agg, const struct pending *x)
+static struct series *get_series(struct sonde_red_agg *agg, const struct exchange *x)
 {
 	const char *service = map_get(&agg->services, &x->tgid, sizeof(x->tgid));
 	char labels[1024] = "", *p = labels, *end = labels + sizeof(labels);
 	char status[16], port[16];
+	const char *route;
 	struct series *s;
 	size_t len;
 
@@ -327,11 +323,15 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct pending
 	put_label(&p, labels, end, "service_name", service);
 	put_label(&p, labels, end, "http_request_method", x->method);
 	put_label(&p, labels, end, "http_response_status_code", status);
-	put_label(&p, labels, end, "http_route", cap_route(agg, service, x->route));
+	route = cap_route(agg, service, x->route);
+	put_label(&p, labels, end, "http_route", route);
 	put_label(&p, labels, end, "url_scheme", "http");
+	if (x->client)
+		put_label(&p, labels, end, "server_address", x->addr);
 	put_label(&p, labels, end, "server_port", port);
-	if (x->status >= 500)
-		put_label(&p, labels, end, "error_type", status); /* semconv: the status for 5xx */
+	/* semconv: error.type is the status for 5xx (server), 4xx and 5xx (client) */
+	if (x->status >= (x->client ? 400 : 500))
+		put_label(&p, labels, end, "error_type", status);
 	len = (size_t)(p - labels);
 	s = map_get(&agg->series, labels, len);
 	if (s)
@@ -340,7 +340,14 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct pending
 	if (!s)
 		return NULL;
 	s->labels = strdup(labels);
-	if (!s->labels || map_put(&agg->series, labels, len, s)) {
+	s->service = strdup(service);
+	s->route = strdup(route);
+	s->method = x->method;
+	s->status = x->status;
+	s->client = x->client;
+	memcpy(s->addr, x->addr, sizeof(s->addr));
+	s->port = x->port;
+	if (!s->labels || !s->service || !s->route || map_put(&agg->series, labels, len, s)) {
 		free_series(s);
 		return NULL;
 	}
@@ -349,7 +356,7 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct pending
 	return s;
 }
 
-static void observe(uint64_t *buckets, const double *bounds, size_t n, double v)
+static void observe_one(uint64_t *buckets, const double *bounds, size_t n, double v)
 {
 	size_t i;
 
@@ -358,172 +365,78 @@ static void observe(uint64_t *buckets, const double *bounds, size_t n, double v)
 	buckets[i]++;
 }
 
-/* The exchange is over: into its series, and out of the pending table. */
-static void finish(struct sonde_red_agg *agg, struct pending *x)
+static void observe(struct hists *h, double d, double req, double resp)
 {
-	struct series *s = get_series(agg, x);
-	double d = (double)(x->last_ns - x->start_ns) / 1e9, req, resp;
-
-	if (!s)
-		goto out;
-	req = x->req_clen > 0 ? (double)x->req_clen : 0;
-	if (x->resp_clen >= 0)
-		resp = (double)x->resp_clen;
-	else if (x->resp_head_len && x->resp_written >= x->resp_head_len)
-		resp = (double)(x->resp_written - x->resp_head_len);
-	else
-		resp = (double)x->resp_written;
-	if (x->is_head || x->status == 204 || x->status == 304)
-		resp = 0;
-	observe(s->duration, duration_bounds, N_DURATION, d);
-	observe(s->req_size, size_bounds, N_SIZE, req);
-	observe(s->resp_size, size_bounds, N_SIZE, resp);
-	s->duration_sum += d;
-	s->req_size_sum += req;
-	s->resp_size_sum += resp;
-	s->count++;
-	agg->stats.requests++;
-out:
-	free(map_del(&agg->pending, &x->tgid, 2 * sizeof(uint32_t)));
-}
-
-/* Ends what is in flight on x's connection for a reason other than its
- * length: the next request (close false) or the close. */
-static void end_early(struct sonde_red_agg *agg, struct pending *x, bool close)
-{
-	if (x->has_resp) {
-		if (close)
-			agg->stats.forced_close++;
-		else
-			agg->stats.forced_next++;
-		finish(agg, x);
-		return;
-	}
-	if (close)
-		agg->stats.aborted++;
-	else
-		agg->stats.unpaired++;
-	free(map_del(&agg->pending, &x->tgid, 2 * sizeof(uint32_t)));
-}
-
-static void maybe_complete(struct sonde_red_agg *agg, struct pending *x)
-{
-	if (x->resp_expect >= 0 && x->resp_written >= (uint64_t)x->resp_expect)
-		finish(agg, x);
-}
-
-static void on_request(struct sonde_red_agg *agg, const struct red_event *ev, struct pending *x)
-{
-	struct sonde_red_request req;
-
-	if (sonde_red_parse_request(ev + 1, ev->len, &req)) {
-		agg->stats.bad_heads++;
-		return;
-	}
-	if (x)
-		end_early(agg, x, false);
-	if (agg->pending.count >= agg->opts.max_pending) {
-		agg->stats.pending_full++;
-		return;
-	}
-	x = calloc(1, sizeof(*x));
-	if (!x)
-		return;
-	x->tgid = ev->tgid;
-	x->fd = ev->fd;
-	x->gen = ev->gen;
-	x->port = ev->lport;
-	x->method = req.method;
-	x->is_head = req.is_head;
-	if (req.line_complete && req.path[0])
-		sonde_red_route(req.path, x->route, sizeof(x->route));
-	else
-		snprintf(x->route, sizeof(x->route), "%s", OVERFLOW_ROUTE); /* target cut */
-	x->req_clen = req.content_length;
-	x->start_ns = ev->ts;
-	x->last_ns = ev->ts;
-	x->resp_clen = -1;
-	x->resp_expect = -1;
-	if (map_put(&agg->pending, &x->tgid, 2 * sizeof(uint32_t), x))
-		free(x);
-}
-
-static void on_response(struct sonde_red_agg *agg, const struct red_event *ev, struct pending *x)
-{
-	struct sonde_red_response resp;
-	int64_t body;
-
-	if (!x) {
-		agg->stats.unpaired++;
-		return;
-	}
-	if (x->has_resp) {
-		/* "HTTP/1." at the start of a write of the body */
-		x->resp_written += (uint64_t)ev->bytes;
-		x->last_ns = ev->ts;
-		maybe_complete(agg, x);
-		return;
-	}
-	if (sonde_red_parse_response(ev + 1, ev->len, &resp)) {
-		agg->stats.bad_heads++;
-		return;
-	}
-	if (resp.status < 200 && resp.status != 101)
-		return; /* interim (100 Continue): the real one follows */
-	x->has_resp = true;
-	x->status = resp.status;
-	x->resp_written = (uint64_t)ev->bytes;
-	x->resp_head_len = resp.head_len;
-	x->last_ns = ev->ts;
-	if (x->is_head || resp.status == 204 || resp.status == 304 || resp.status == 101)
-		body = 0;
-	else if (!resp.chunked)
-		body = resp.content_length;
-	else
-		body = -1;
-	x->resp_clen = resp.chunked ? -1 : resp.content_length;
-	if (resp.head_len && body >= 0)
-		x->resp_expect = (int64_t)resp.head_len + body;
-	maybe_complete(agg, x);
+	observe_one(h->duration, duration_bounds, N_DURATION, d);
+	observe_one(h->req_size, size_bounds, N_SIZE, req);
+	observe_one(h->resp_size, size_bounds, N_SIZE, resp);
+	h->duration_sum += d;
+	h->req_size_sum += req;
+	h->resp_size_sum += resp;
+	h->count++;
 }
 
 int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size)
 {
 	const struct red_event *ev = rec;
-	uint32_t key[2];
-	struct pending *x;
+	struct sonde_red_request req;
+	struct exchange x = {0};
+	struct series *s;
+	double d, reqb, resp;
 
-	if (size < sizeof(*ev) || size < sizeof(*ev) + ev->len)
+	if (size < sizeof(*ev) || size < sizeof(*ev) + ev->len || ev->type != RED_EV_EXCHANGE)
 		return -EINVAL;
-	key[0] = ev->tgid;
-	key[1] = ev->fd;
-	x = map_get(&agg->pending, key, sizeof(key));
-	if (x && x->gen != ev->gen) {
-		/* the fd was reused under us: its old exchange ended unseen */
-		end_early(agg, x, true);
-		x = NULL;
-	}
-	switch (ev->type) {
-	case RED_EV_REQ:
-		on_request(agg, ev, x);
+	switch (ev->end) {
+	case RED_END_LENGTH:
+		break;
+	case RED_END_NEXT:
+		agg->stats.forced_next++;
+		break;
+	case RED_END_CLOSE:
+		agg->stats.forced_close++;
+		break;
+	case RED_END_ABORT:
+		agg->stats.aborted++; /* no response: no status to invent */
 		return 0;
-	case RED_EV_RESP:
-		on_response(agg, ev, x);
-		return 0;
-	case RED_EV_DATA:
-		if (x && x->has_resp) {
-			x->resp_written += (uint64_t)ev->bytes;
-			x->last_ns = ev->ts;
-			maybe_complete(agg, x);
-		}
-		return 0;
-	case RED_EV_CLOSE:
-		if (x)
-			end_early(agg, x, true);
+	case RED_END_UNPAIRED:
+		agg->stats.unpaired++;
 		return 0;
 	default:
 		return -EINVAL;
 	}
+	if (sonde_red_parse_request(ev + 1, ev->len, &req) || ev->status < 100 ||
+	    ev->status > 999) {
+		agg->stats.bad_heads++;
+		return 0;
+	}
+	x.tgid = ev->tgid;
+	x.port = ev->lport;
+	x.client = ev->client;
+	if (x.client)
+		inet_ntop(AF_INET, &ev->server_addr, x.addr, sizeof(x.addr));
+	x.status = ev->status;
+	x.method = req.method;
+	if (req.line_complete && req.path[0])
+		sonde_red_route(req.path, x.route, sizeof(x.route));
+	else
+		snprintf(x.route, sizeof(x.route), "%s", OVERFLOW_ROUTE); /* target cut */
+	s = get_series(agg, &x);
+	if (!s)
+		return -ENOMEM;
+	d = ev->last > ev->start ? (double)(ev->last - ev->start) / 1e9 : 0;
+	reqb = req.content_length > 0 ? (double)req.content_length : 0;
+	if (ev->resp_clen >= 0 && !ev->chunked)
+		resp = (double)ev->resp_clen;
+	else if (ev->resp_head_len && ev->resp_bytes >= ev->resp_head_len)
+		resp = (double)(ev->resp_bytes - ev->resp_head_len);
+	else
+		resp = (double)ev->resp_bytes;
+	if (req.is_head || ev->status == 204 || ev->status == 304)
+		resp = 0;
+	observe(&s->all, d, reqb, resp);
+	observe(&s->win, d, reqb, resp);
+	agg->stats.requests++;
+	return 0;
 }
 
 static void write_histogram(FILE *out, const char *name, const struct series *s,
@@ -540,33 +453,253 @@ static void write_histogram(FILE *out, const char *name, const struct series *s,
 	cum += buckets[n];
 	fprintf(out, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, s->labels, (unsigned long long)cum);
 	fprintf(out, "%s_sum{%s} %.9g\n", name, s->labels, sum);
-	fprintf(out, "%s_count{%s} %llu\n", name, s->labels, (unsigned long long)s->count);
+	fprintf(out, "%s_count{%s} %llu\n", name, s->labels, (unsigned long long)s->all.count);
+}
+
+/* The three families of one side; the client's only once it has series. */
+static void write_side(const struct sonde_red_agg *agg, FILE *out, int client)
+{
+	static const char *const names[2][3] = {
+		{"http_server_request_duration_seconds", "http_server_request_body_size_bytes",
+		 "http_server_response_body_size_bytes"},
+		{"http_client_request_duration_seconds", "http_client_request_body_size_bytes",
+		 "http_client_response_body_size_bytes"},
+	};
+	static const char *const helps[2][3] = {
+		{"Duration of HTTP service calls from the server side, in seconds.",
+		 "Size, in bytes, of the HTTP request body as received at the server side.",
+		 "Size, in bytes, of the HTTP response body as sent by the server side."},
+		{"Duration of HTTP service calls from the client side, in seconds.",
+		 "Size, in bytes, of the HTTP request body as sent by the client.",
+		 "Size, in bytes, of the HTTP response body as received by the client."},
+	};
+	const struct series *s;
+	int f;
+
+	for (s = agg->first; s && s->client != client; s = s->next)
+		;
+	if (!s && client)
+		return;
+	for (f = 0; f < 3; f++) {
+		fprintf(out, "# HELP %s %s\n# TYPE %s histogram\n", names[client][f],
+			helps[client][f], names[client][f]);
+		for (s = agg->first; s; s = s->next) {
+			if (s->client != client)
+				continue;
+			if (f == 0)
+				write_histogram(out, names[client][f], s, s->all.duration,
+						duration_bounds, N_DURATION, s->all.duration_sum);
+			else if (f == 1)
+				write_histogram(out, names[client][f], s, s->all.req_size,
+						size_bounds, N_SIZE, s->all.req_size_sum);
+			else
+				write_histogram(out, names[client][f], s, s->all.resp_size,
+						size_bounds, N_SIZE, s->all.resp_size_sum);
+		}
+	}
 }
 
 int sonde_red_agg__write(const struct sonde_red_agg *agg, FILE *out)
 {
-	const struct series *s;
-
-	fputs("# HELP http_server_request_duration_seconds Duration of HTTP service calls from "
-	      "the server side, in seconds.\n"
-	      "# TYPE http_server_request_duration_seconds histogram\n",
-	      out);
-	for (s = agg->first; s; s = s->next)
-		write_histogram(out, "http_server_request_duration_seconds", s, s->duration,
-				duration_bounds, N_DURATION, s->duration_sum);
-	fputs("# HELP http_server_request_body_size_bytes Size, in bytes, of the HTTP request "
-	      "body as received at the server side.\n"
-	      "# TYPE http_server_request_body_size_bytes histogram\n",
-	      out);
-	for (s = agg->first; s; s = s->next)
-		write_histogram(out, "http_server_request_body_size_bytes", s, s->req_size,
-				size_bounds, N_SIZE, s->req_size_sum);
-	fputs("# HELP http_server_response_body_size_bytes Size, in bytes, of the HTTP response "
-	      "body as sent by the server side.\n"
-	      "# TYPE http_server_response_body_size_bytes histogram\n",
-	      out);
-	for (s = agg->first; s; s = s->next)
-		write_histogram(out, "http_server_response_body_size_bytes", s, s->resp_size,
-				size_bounds, N_SIZE, s->resp_size_sum);
+	write_side(agg, out, 0);
+	write_side(agg, out, 1);
 	return ferror(out) ? -EIO : 0;
+}
+
+/* A msgpack writer into a growing buffer; the first error sticks. */
+struct mp {
+	unsigned char *buf;
+	size_t len, cap;
+	int err;
+};
+
+static void mp_put(struct mp *m, const void *data, size_t len)
+{
+	if (m->err)
+		return;
+	if (m->len + len > m->cap) {
+		size_t cap = m->cap ? m->cap * 2 : 4096;
+		unsigned char *b;
+
+		while (cap < m->len + len)
+			cap *= 2;
+		b = realloc(m->buf, cap);
+		if (!b) {
+			m->err = -ENOMEM;
+			return;
+		}
+		m->buf = b;
+		m->cap = cap;
+	}
+	memcpy(m->buf + m->len, data, len);
+	m->len += len;
+}
+
+/* A type byte and n in size bytes, big-endian. */
+static void mp_head(struct mp *m, unsigned char type, uint64_t n, int size)
+{
+	unsigned char b[9];
+	int i;
+
+	b[0] = type;
+	for (i = 0; i < size; i++)
+		b[1 + i] = (unsigned char)(n >> (8 * (size - 1 - i)));
+	mp_put(m, b, 1 + (size_t)size);
+}
+
+static void mp_uint(struct mp *m, uint64_t v)
+{
+	if (v < 128)
+		mp_head(m, (unsigned char)v, 0, 0);
+	else if (v <= UINT8_MAX)
+		mp_head(m, 0xcc, v, 1);
+	else if (v <= UINT16_MAX)
+		mp_head(m, 0xcd, v, 2);
+	else if (v <= UINT32_MAX)
+		mp_head(m, 0xce, v, 4);
+	else
+		mp_head(m, 0xcf, v, 8);
+}
+
+static void mp_float(struct mp *m, double v)
+{
+	uint64_t bits;
+
+	memcpy(&bits, &v, sizeof(bits));
+	mp_head(m, 0xcb, bits, 8);
+}
+
+static void mp_str(struct mp *m, const char *s)
+{
+	size_t len = strlen(s);
+
+	if (len < 32)
+		mp_head(m, (unsigned char)(0xa0 | len), 0, 0);
+	else if (len <= UINT8_MAX)
+		mp_head(m, 0xd9, len, 1);
+	else
+		mp_head(m, 0xda, len, 2); /* labels are far shorter than 64 KiB */
+	mp_put(m, s, len);
+}
+
+static void mp_container(struct mp *m, unsigned char fix, unsigned char big16, size_t n)
+{
+	if (n < 16)
+		mp_head(m, (unsigned char)(fix | n), 0, 0);
+	else if (n <= UINT16_MAX)
+		mp_head(m, big16, n, 2);
+	else
+		mp_head(m, (unsigned char)(big16 + 1), n, 4);
+}
+
+static void mp_map(struct mp *m, size_t n)
+{
+	mp_container(m, 0x80, 0xde, n);
+}
+
+static void mp_array(struct mp *m, size_t n)
+{
+	mp_container(m, 0x90, 0xdc, n);
+}
+
+static void mp_floats(struct mp *m, const double *v, size_t n)
+{
+	size_t i;
+
+	mp_array(m, n);
+	for (i = 0; i < n; i++)
+		mp_float(m, v[i]);
+}
+
+static void mp_buckets(struct mp *m, const uint64_t *v, size_t n)
+{
+	size_t i;
+
+	mp_array(m, n);
+	for (i = 0; i < n; i++)
+		mp_uint(m, v[i]);
+}
+
+static void mp_series(struct mp *m, const struct series *s)
+{
+	const struct hists *h = &s->win;
+
+	int error = s->status >= (s->client ? 400 : 500);
+
+	mp_map(m, 14 + (size_t)error + (size_t)s->client);
+	mp_str(m, "side");
+	mp_str(m, s->client ? "client" : "server");
+	mp_str(m, "service_name");
+	mp_str(m, s->service);
+	mp_str(m, "http_request_method");
+	mp_str(m, s->method);
+	mp_str(m, "http_response_status_code");
+	mp_uint(m, (uint64_t)s->status);
+	mp_str(m, "http_route");
+	mp_str(m, s->route);
+	mp_str(m, "url_scheme");
+	mp_str(m, "http");
+	if (s->client) {
+		mp_str(m, "server_address");
+		mp_str(m, s->addr);
+	}
+	mp_str(m, "server_port");
+	mp_uint(m, s->port);
+	if (error) {
+		char status[16];
+
+		snprintf(status, sizeof(status), "%d", s->status);
+		mp_str(m, "error_type");
+		mp_str(m, status);
+	}
+	mp_str(m, "count");
+	mp_uint(m, h->count);
+	mp_str(m, "duration_sum");
+	mp_float(m, h->duration_sum);
+	mp_str(m, "duration_buckets");
+	mp_buckets(m, h->duration, N_DURATION + 1);
+	mp_str(m, "request_size_sum");
+	mp_float(m, h->req_size_sum);
+	mp_str(m, "request_size_buckets");
+	mp_buckets(m, h->req_size, N_SIZE + 1);
+	mp_str(m, "response_size_sum");
+	mp_float(m, h->resp_size_sum);
+	mp_str(m, "response_size_buckets");
+	mp_buckets(m, h->resp_size, N_SIZE + 1);
+}
+
+int sonde_red_agg__window(struct sonde_red_agg *agg, double start, double duration, void **buf,
+			  size_t *len)
+{
+	struct mp m = {0};
+	struct series *s;
+	size_t n = 0;
+
+	for (s = agg->first; s; s = s->next)
+		n += s->win.count > 0;
+	mp_map(&m, 6);
+	mp_str(&m, "v");
+	mp_uint(&m, 1);
+	mp_str(&m, "start");
+	mp_float(&m, start);
+	mp_str(&m, "duration");
+	mp_float(&m, duration);
+	mp_str(&m, "duration_bounds");
+	mp_floats(&m, duration_bounds, N_DURATION);
+	mp_str(&m, "size_bounds");
+	mp_floats(&m, size_bounds, N_SIZE);
+	mp_str(&m, "series");
+	mp_array(&m, n);
+	for (s = agg->first; s; s = s->next)
+		if (s->win.count)
+			mp_series(&m, s);
+	if (m.err) {
+		free(m.buf);
+		return m.err;
+	}
+	for (s = agg->first; s; s = s->next)
+		memset(&s->win, 0, sizeof(s->win));
+	*buf = m.buf;
+	*len = m.len;
+	return 0;
 }

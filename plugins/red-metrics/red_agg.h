@@ -1,19 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Pairs the records of red.bpf.c (struct red_event, red.h) into HTTP
- * server exchanges and aggregates them into the OpenTelemetry HTTP server
+ * Aggregates the records of red.bpf.c (struct red_event, red.h: one per
+ * HTTP server exchange, already framed) into the OpenTelemetry HTTP server
  * histograms, written in the Prometheus text format. No BPF and no I/O
  * besides the FILE it writes to: the unit tests feed it recorded records.
  *
  * Duration of a request: from the exit of the read that returned its head
- * to the exit of the write (write, writev, sendto, sendfile) that carried
- * the last byte of its response. The last byte is known from the response
- * head (its length plus Content-Length; no body for HEAD, 1xx, 204, 304);
- * when it is not (chunked, close-delimited, a head longer than RED_HEAD_MAX)
- * the request ends at the next request on the connection or at its close,
- * still with the time of the last write seen, and counts as forced. A
+ * to the exit of the last write of its response (red.bpf.c finds it from
+ * the response head: Content-Length, no body for HEAD, 101, 204, 304, the
+ * last chunk of a chunked body). When it cannot (close-delimited, a head
+ * longer than RED_RESP_SCAN) the next request or the close ends it, still
+ * with the time of the last write seen, and it counts as forced. A
  * request whose connection closes before any response is counted as
- * aborted and gives no series: no status code is invented.
+ * aborted and gives no series: no status code is invented. Response body
+ * size: Content-Length, else the bytes written after the head (for chunked
+ * bodies, chunk framing included).
  *
  * Not thread-safe: one caller (the plugin, on the core's loop thread).
  */
@@ -28,7 +29,6 @@ struct sonde_red_agg;
 
 struct sonde_red_agg_opts {
 	unsigned int max_routes;  /* distinct routes per service; more fold into _OTHER */
-	unsigned int max_pending; /* connections with an exchange in flight */
 };
 
 /* Counters of what did not go into a histogram, and why. */
@@ -37,29 +37,39 @@ struct sonde_red_agg_stats {
 	uint64_t forced_next;	 /* ended by the next request, length unknown */
 	uint64_t forced_close;	 /* ended by the close, length unknown or short */
 	uint64_t aborted;	 /* closed before any response: not counted */
-	uint64_t unpaired;	 /* a request head while the previous had no response,
-				    or a response with no request: not counted */
+	uint64_t unpaired;	 /* a request head while the previous had no response:
+				    the previous is not counted */
 	uint64_t bad_heads;	 /* heads that did not parse */
-	uint64_t pending_full;	 /* exchanges dropped: max_pending reached */
 	uint64_t route_overflow; /* requests folded into http_route="_OTHER" */
 };
 
-/* NULL and errno on failure; opts NULL: 100 routes, 65536 pending. */
+/* NULL and errno on failure; opts NULL: 100 routes. */
 struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts);
 void sonde_red_agg__free(struct sonde_red_agg *agg);
 
 /* Names the service of tgid (service_name label; copied). 0 or -ENOMEM. */
 int sonde_red_agg__set_service(struct sonde_red_agg *agg, uint32_t tgid, const char *name);
-/* The process is gone: forgets its name and its exchanges in flight. */
+/* The process is gone: forgets its name. */
 void sonde_red_agg__forget(struct sonde_red_agg *agg, uint32_t tgid);
 
-/* Consumes one ringbuf record (size bytes). 0, or -EINVAL for a record too
- * short or of an unknown type (counted nowhere: a plugin bug). */
+/* Consumes one ringbuf record (size bytes). 0, -EINVAL for a record too
+ * short or of an unknown type or end (counted nowhere: a plugin bug), or
+ * -ENOMEM. */
 int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size);
 
 /* Writes the HTTP server families (duration, request and response body
- * size). 0 or -errno from the stream. */
+ * size), and the client ones once there are client series. 0 or -errno
+ * from the stream. */
 int sonde_red_agg__write(const struct sonde_red_agg *agg, FILE *out);
+
+/*
+ * The series that counted requests since the last call, as one msgpack map
+ * of the export socket's `red` topic (docs/export.md): start (unix seconds)
+ * and duration describe the window. Starts a new window. 0 with *buf (the
+ * caller frees it) and *len, or -ENOMEM (the window is kept).
+ */
+int sonde_red_agg__window(struct sonde_red_agg *agg, double start, double duration, void **buf,
+			  size_t *len);
 
 const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_agg *agg);
 

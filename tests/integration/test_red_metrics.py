@@ -94,12 +94,19 @@ http {{
         time.sleep(0.1)
     time.sleep(0.3)  # its workers
 
+    # A client (http.client) of that server, waiting on stdin to start.
+    cl = start(["/usr/bin/python3", os.path.join(source, "tests/fixtures/red/client.py"),
+                str(py_port), "5", "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+               text=True)
+    if cl.stdout.readline().strip() != "ready":
+        fail("the client fixture did not start")
+
     script = os.path.join(work, "red.lua")
     with open(script, "w") as f:
         f.write(f"""
-plugin "red-metrics" {{ required = true }}
+plugin "red-metrics" {{ required = true, window_s = 1 }}
 on_process(function(p)
-  if p.pid == {py.pid} or p.comm == "nginx" then
+  if p.pid == {py.pid} or p.pid == {cl.pid} or p.comm == "nginx" then
     return {{ unwinders = {{ "red-metrics" }} }}
   end
   return false
@@ -115,6 +122,7 @@ end)
             ps = json.loads(r.stdout)["processes"] if r.returncode == 0 else []
             attached = [p for p in ps if p["unwinders"] == ["red-metrics"]]
             if any(p["pid"] == py.pid for p in attached) and \
+                    any(p["pid"] == cl.pid for p in attached) and \
                     sum(p["comm"] == "nginx" for p in attached) >= 3:
                 break
             if time.time() > deadline:
@@ -132,6 +140,15 @@ end)
             resp = conn.getresponse()
             resp.read()
         conn.close()
+        # ... the client fixture: 5 /ok and 3 /missing on one connection,
+        # /fail on another ...
+        cl.stdin.write("go\n")
+        cl.stdin.flush()
+        if cl.stdout.readline().strip() != "done" or cl.wait(timeout=30) != 0:
+            fail("the client fixture failed")
+        want_py[("/ok", 200)] += 5
+        want_py[("/missing", 404)] += 3
+        want_py[("/fail", 500)] += 1
         # ... and curl: several URLs on one connection.
         base = f"http://127.0.0.1:{py_port}"
         subprocess.run([curl, "-sf", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
@@ -168,7 +185,7 @@ end)
                         url_scheme="http")
             if got != n:
                 fail(f"python3 {route} {status}: {got} requests counted, {n} sent\n{text}")
-        if count(service_name="python3", http_route="/fail", error_type=500) != 2:
+        if count(service_name="python3", http_route="/fail", error_type=500) != 3:
             fail("the 5xx series carries no error_type=\"500\"")
         slow = dict(service_name="python3", http_route="/slow")
         le05 = sample(m, "http_server_request_duration_seconds_bucket", le="0.05", **slow)
@@ -180,6 +197,20 @@ end)
                       service_name="python3", http_route="/ok")
         if fast != want_py[("/ok", 200)]:
             fail(f"/ok: {fast} of {want_py[('/ok', 200)]} under 50 ms")
+        # The client side of the fixture client's requests.
+        for route, status, n in (("/ok", 200, 5), ("/missing", 404, 3), ("/fail", 500, 1)):
+            labels = dict(service_name="python3", http_route=route, http_request_method="GET",
+                          http_response_status_code=status, server_address="127.0.0.1",
+                          server_port=py_port, url_scheme="http")
+            if status >= 400:
+                labels["error_type"] = status
+            got = sample(m, "http_client_request_duration_seconds_count", **labels)
+            if got != n:
+                fail(f"client {route} {status}: {got} counted, {n} sent\n{text}")
+            got = sample(m, "http_client_response_body_size_bytes_sum", **labels)
+            body = {"/ok": 3, "/missing": 14, "/fail": 9}[route]
+            if got != n * body:
+                fail(f"client {route} response bytes: {got}, wanted {n * body}")
         for secret in ("secret123", "token=", "from=wrk", "/users/100"):
             if secret in text:
                 fail(f"'{secret}' (a raw path or query) is on /metrics")
@@ -200,8 +231,37 @@ end)
             v = d.metric(f"sonde_plugin_red_metrics_{name}_total")
             if v != 0:
                 fail(f"sonde_plugin_red_metrics_{name}_total is {v}")
+        print("ok: the client fixture's 9 requests counted exactly on the client side")
         print(f"ok: python3 {sum(want_py.values())} and nginx {sum(want_ng.values())} "
               f"requests (wrk {wrk_count}) counted exactly")
+
+        # The red topic: each 1 s window's series, as msgpack on the export
+        # socket. A subscriber that was there before the requests sees every
+        # one of them, once, across the windows it received.
+        sub = subprocess.Popen([sondectl_path(), "--export", d.export_url, "--timeout", "20",
+                                "tail", "red", "--count", "4"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # connected, and the window it joined in flushed
+        conn = http.client.HTTPConnection("127.0.0.1", py_port, timeout=30)
+        for _ in range(6):
+            conn.request("GET", "/red-topic")
+            conn.getresponse().read()
+        conn.close()
+        out, err = sub.communicate(timeout=60)
+        if sub.returncode != 0:
+            fail(f"sondectl tail red exited {sub.returncode}: {err}")
+        msgs = [json.loads(line) for line in out.splitlines()]
+        if len(msgs) != 4 or any(m.get("v") != 1 for m in msgs):
+            fail(f"sondectl tail red --count 4 gave {out}")
+        got = [s for m in msgs for s in m["series"] if s["http_route"] == "/red-topic"]
+        if sum(s["count"] for s in got) != 6 or any(
+                s["service_name"] != "python3" or s["http_response_status_code"] != 404 or
+                s["server_port"] != py_port or sum(s["duration_buckets"]) != s["count"] or
+                len(s["duration_buckets"]) != 16 for s in got):
+            fail(f"the red topic's /red-topic series: {got}, wanted 6 requests in all")
+        if msgs[0]["duration_bounds"][4] != 0.05 or not all(m["duration"] > 0 for m in msgs):
+            fail(f"the red topic's header: {msgs[0]}")
+        print(f"ok: the red topic carried the 6 requests in {len(got)} window(s)")
 
         # A real Prometheus scrapes sonded and answers for the series.
         prom_port = free_port()
@@ -230,9 +290,9 @@ scrape_configs:
             except OSError:
                 pass
             time.sleep(0.5)
-        if not result or float(result[0]["value"][1]) != 2:
+        if not result or float(result[0]["value"][1]) != 3:
             fail(f"Prometheus returned {result} for {query}")
-        print("ok: Prometheus scraped the series and returns /fail = 2")
+        print("ok: Prometheus scraped the series and returns /fail = 3")
 finally:
     for p in reversed(procs):
         if p.poll() is None:

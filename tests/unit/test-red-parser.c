@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -247,31 +248,41 @@ static void test_route(void **state)
 	assert_int_equal(sonde_red_route("/a", out, 2), 0);
 }
 
-/* Recorded records: what red.bpf.c emits for one connection. */
+/* Recorded records: what red.bpf.c emits, one per exchange. */
 struct rec {
 	struct red_event ev;
-	char data[RED_HEAD_MAX];
+	char data[RED_REQ_HEAD];
 };
 
 static struct sonde_red_agg *agg;
 static char *text;
 
-static void put(uint8_t type, uint32_t fd, uint64_t gen, uint64_t ts_us, int64_t bytes,
-		const char *head)
+/* One exchange on fd: request head req read at start_us, status written
+ * until last_us, resp_bytes in all of which head_len of head. */
+static void put(uint8_t end, uint32_t fd, uint64_t start_us, uint64_t last_us, const char *req,
+		uint16_t status, uint64_t resp_bytes, uint32_t head_len, int64_t clen)
 {
 	struct rec r = {0};
-	size_t len = head ? strlen(head) : 0;
+	size_t len = req ? strlen(req) : 0;
 
-	r.ev.type = type;
+	if (len > RED_REQ_HEAD)
+		len = RED_REQ_HEAD; /* as BPF keeps it */
+	r.ev.type = RED_EV_EXCHANGE;
+	r.ev.end = end;
 	r.ev.tgid = 100;
 	r.ev.fd = fd;
 	r.ev.lport = 8080;
-	r.ev.gen = gen;
-	r.ev.ts = ts_us * 1000;
-	r.ev.bytes = bytes;
+	r.ev.gen = 1;
+	r.ev.status = status;
+	r.ev.start = start_us * 1000;
+	r.ev.last = last_us * 1000;
+	r.ev.resp_bytes = resp_bytes;
+	r.ev.resp_head_len = head_len;
+	r.ev.resp_clen = clen;
 	r.ev.len = (uint16_t)len;
-	memcpy(r.data, head, len);
-	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r.ev) + len), 0);
+	memcpy(r.data, req, len);
+	/* BPF always sends the whole record, len says what is meaningful */
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
 }
 
 static const char *written(void)
@@ -322,18 +333,13 @@ static int teardown(void **state)
 	return 0;
 }
 
-#define RESP_OK "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" /* 39 bytes */
-
 static void test_agg_keepalive(void **state)
 {
 	(void)state;
-	/* request, head, body in a second write: ends at the body's write */
-	put(RED_EV_REQ, 5, 1, 1000, 40, "GET /users/1?secret=1 HTTP/1.1\r\nHost: h\r\n\r\n");
-	put(RED_EV_RESP, 5, 1, 1100, 39, RESP_OK);
-	put(RED_EV_DATA, 5, 1, 61000, 10, NULL); /* 60 ms after the request */
-	/* the next on the same connection: head and body in one write */
-	put(RED_EV_REQ, 5, 1, 70000, 30, "GET /users/2 HTTP/1.1\r\n\r\n");
-	put(RED_EV_RESP, 5, 1, 71000, 49, RESP_OK "0123456789");
+	/* two exchanges of one connection, 60 ms and 1 ms */
+	put(RED_END_LENGTH, 5, 1000, 61000, "GET /users/1?secret=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+	    200, 49, 39, 10);
+	put(RED_END_LENGTH, 5, 70000, 71000, "GET /users/2 HTTP/1.1\r\n\r\n", 200, 49, 39, 10);
 	assert_int_equal(sonde_red_agg__stats(agg)->requests, 2);
 	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/users/*",
 								     "}") " 2");
@@ -359,24 +365,26 @@ static void test_agg_keepalive(void **state)
 static void test_agg_no_body(void **state)
 {
 	(void)state;
-	/* HEAD and 304 end at their head whatever Content-Length says */
-	put(RED_EV_REQ, 6, 1, 0, 20, "HEAD /a HTTP/1.1\r\n\r\n");
-	put(RED_EV_RESP, 6, 1, 500, 39, RESP_OK);
-	put(RED_EV_REQ, 6, 1, 1000, 20, "GET /a HTTP/1.1\r\n\r\n");
-	put(RED_EV_RESP, 6, 1, 1200, 29, "HTTP/1.1 304 Not Modified\r\n\r\n");
-	/* 100 Continue is interim: the 201 is the response */
-	put(RED_EV_REQ, 6, 1, 2000, 60,
-	    "POST /a HTTP/1.1\r\nContent-Length: 100\r\n"
-	    "Expect: 100-continue\r\n\r\n");
-	put(RED_EV_RESP, 6, 1, 2100, 25, "HTTP/1.1 100 Continue\r\n\r\n");
-	put(RED_EV_RESP, 6, 1, 2400, 43, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
-	assert_int_equal(sonde_red_agg__stats(agg)->requests, 3);
+	/* HEAD and 304 have no body whatever Content-Length says */
+	put(RED_END_LENGTH, 6, 0, 500, "HEAD /a HTTP/1.1\r\n\r\n", 200, 39, 39, 10);
+	put(RED_END_LENGTH, 6, 1000, 1200, "GET /a HTTP/1.1\r\n\r\n", 304, 29, 29, -1);
+	/* the request body's size comes from the request head */
+	put(RED_END_LENGTH, 6, 2000, 2400,
+	    "POST /a HTTP/1.1\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n", 201, 43,
+	    43, 0);
+	/* close-delimited: the bytes after the head */
+	put(RED_END_CLOSE, 6, 3000, 3100, "GET /b HTTP/1.0\r\n\r\n", 200, 1019, 19, -1);
+	assert_int_equal(sonde_red_agg__stats(agg)->requests, 4);
+	assert_int_equal(sonde_red_agg__stats(agg)->forced_close, 1);
 	has_line(
 		"http_server_request_duration_seconds_count" SERIES("HEAD", "200", "/a", "}") " 1");
+	has_line("http_server_response_body_size_bytes_sum" SERIES("HEAD", "200", "/a", "}") " 0");
 	has_line("http_server_request_duration_seconds_count" SERIES("GET", "304", "/a", "}") " 1");
 	has_line("http_server_request_duration_seconds_sum" SERIES("POST", "201", "/a",
 								   "}") " 0.0004");
 	has_line("http_server_request_body_size_bytes_sum" SERIES("POST", "201", "/a", "}") " 100");
+	has_line("http_server_response_body_size_bytes_sum" SERIES("GET", "200", "/b",
+								   "}") " 1000");
 }
 
 static void test_agg_forced_and_aborted(void **state)
@@ -384,32 +392,34 @@ static void test_agg_forced_and_aborted(void **state)
 	const struct sonde_red_agg_stats *st = sonde_red_agg__stats(agg);
 
 	(void)state;
-	/* chunked: the length is unknown, the next request ends it at the
-	 * last write seen */
-	put(RED_EV_REQ, 7, 1, 0, 20, "GET /c HTTP/1.1\r\n\r\n");
-	put(RED_EV_RESP, 7, 1, 100, 50, "HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n");
-	put(RED_EV_DATA, 7, 1, 30000, 5, NULL);
-	assert_int_equal(st->requests, 0);
-	put(RED_EV_REQ, 7, 1, 90000, 20, "GET /c HTTP/1.1\r\n\r\n");
+	/* chunked with no last chunk seen: ended by the next request */
+	put(RED_END_NEXT, 7, 0, 30000, "GET /c HTTP/1.1\r\n\r\n", 500, 55, 50, -1);
 	assert_int_equal(st->requests, 1);
 	assert_int_equal(st->forced_next, 1);
 	has_line("http_server_request_duration_seconds_sum" SERIES("GET", "500", "/c",
 								   ",error_type=\"500\"}") " 0.03");
 	/* closed before any response: no series, no invented status */
-	put(RED_EV_CLOSE, 7, 1, 95000, 0, NULL);
+	put(RED_END_ABORT, 7, 90000, 90000, "GET /c HTTP/1.1\r\n\r\n", 0, 0, 0, -1);
 	assert_int_equal(st->aborted, 1);
-	assert_int_equal(st->requests, 1);
-	/* fd 7 reused by a new connection (gen 2) whose close we never saw */
-	put(RED_EV_REQ, 7, 2, 100000, 20, "GET /c HTTP/1.1\r\n\r\n");
-	put(RED_EV_RESP, 7, 2, 100100, 20, "HTTP/1.0 200 OK\r\n\r\n");
-	put(RED_EV_DATA, 7, 3, 100200, 20, NULL); /* gen 3: gen 2 ended unseen */
-	assert_int_equal(st->forced_close, 1);
-	assert_int_equal(st->requests, 2);
-	/* a response nobody asked for, and a head that is not HTTP */
-	put(RED_EV_RESP, 8, 1, 0, 20, RESP_OK);
+	put(RED_END_UNPAIRED, 7, 90000, 90000, "GET /c HTTP/1.1\r\n\r\n", 0, 0, 0, -1);
 	assert_int_equal(st->unpaired, 1);
-	put(RED_EV_REQ, 8, 1, 0, 20, "GET /x HTTP/3\r\n\r\n");
-	assert_int_equal(st->bad_heads, 1);
+	assert_int_equal(st->requests, 1);
+	/* a head that is not HTTP/1.x, a status out of range */
+	put(RED_END_LENGTH, 8, 0, 1, "GET /x HTTP/3\r\n\r\n", 200, 0, 0, 0);
+	put(RED_END_LENGTH, 8, 0, 1, "GET /x HTTP/1.1\r\n\r\n", 42, 0, 0, 0);
+	assert_int_equal(st->bad_heads, 2);
+	/* a request line longer than what BPF keeps: no route to make */
+	{
+		char head[RED_REQ_HEAD + 32];
+
+		memset(head, 'a', sizeof(head) - 1);
+		memcpy(head, "GET /", 5);
+		head[sizeof(head) - 1] = '\0';
+		put(RED_END_LENGTH, 8, 0, 1, head, 200, 0, 0, 0);
+		has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "_OTHER",
+									     "}") " 1");
+	}
+	assert_int_equal(st->requests, 2);
 }
 
 static void test_agg_route_cap(void **state)
@@ -421,8 +431,7 @@ static void test_agg_route_cap(void **state)
 	(void)state;
 	for (i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
 		snprintf(head, sizeof(head), "GET %s HTTP/1.1\r\n\r\n", paths[i]);
-		put(RED_EV_REQ, 9, 1, i * 10, 20, head);
-		put(RED_EV_RESP, 9, 1, i * 10 + 1, 39 + 10, RESP_OK "0123456789");
+		put(RED_END_LENGTH, 9, i * 10, i * 10 + 1, head, 200, 49, 39, 10);
 	}
 	/* max_routes 3: /d and /e fold into _OTHER, /a stays itself */
 	assert_int_equal(sonde_red_agg__stats(agg)->route_overflow, 2);
@@ -434,19 +443,82 @@ static void test_agg_route_cap(void **state)
 
 static void test_agg_bad_records(void **state)
 {
-	struct red_event ev = {.type = RED_EV_REQ, .len = 100};
+	struct rec r = {.ev = {.type = RED_EV_EXCHANGE, .end = RED_END_LENGTH, .len = 100}};
 
 	(void)state;
-	assert_int_equal(sonde_red_agg__event(agg, &ev, sizeof(ev) - 1), -EINVAL);
-	assert_int_equal(sonde_red_agg__event(agg, &ev, sizeof(ev) + 10), -EINVAL); /* len lies */
-	ev.type = 99;
-	ev.len = 0;
-	assert_int_equal(sonde_red_agg__event(agg, &ev, sizeof(ev)), -EINVAL);
-	/* a process that is gone takes its exchanges with it */
-	put(RED_EV_REQ, 10, 1, 0, 20, "GET /z HTTP/1.1\r\n\r\n");
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r.ev) - 1), -EINVAL);
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r.ev) + 10), -EINVAL); /* len lies */
+	r.ev.type = 99;
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), -EINVAL);
+	r.ev.type = RED_EV_EXCHANGE;
+	r.ev.end = 0;
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), -EINVAL);
+	assert_int_equal(sonde_red_agg__stats(agg)->requests, 0);
+	/* a process that is gone: its late exchanges go to unknown_service */
 	sonde_red_agg__forget(agg, 100);
-	put(RED_EV_RESP, 10, 1, 10, 39, RESP_OK);
-	assert_int_equal(sonde_red_agg__stats(agg)->unpaired, 1);
+	put(RED_END_LENGTH, 10, 0, 10, "GET /z HTTP/1.1\r\n\r\n", 200, 39, 39, 0);
+	assert_non_null(strstr(written(), "service_name=\"unknown_service\""));
+}
+
+/* The `red` topic's message: the window's series only, then a new window. */
+static void test_agg_window(void **state)
+{
+	static const unsigned char series1[] = {0xa6, 's', 'e', 'r', 'i', 'e', 's', 0x91};
+	static const unsigned char series0[] = {0xa6, 's', 'e', 'r', 'i', 'e', 's', 0x90};
+	static const unsigned char route[] = {0xaa, 'h', 't', 't', 'p', '_', 'r', 'o', 'u', 't',
+					      'e', 0xa2, '/', 'w'};
+	unsigned char *buf;
+	size_t len;
+
+	(void)state;
+	put(RED_END_LENGTH, 5, 0, 1000, "GET /w HTTP/1.1\r\n\r\n", 200, 39, 39, 0);
+	put(RED_END_LENGTH, 5, 0, 1000, "GET /w HTTP/1.1\r\n\r\n", 200, 39, 39, 0);
+	assert_int_equal(sonde_red_agg__window(agg, 1e9, 10, (void **)&buf, &len), 0);
+	assert_int_equal(buf[0], 0x86); /* v, start, duration, two bounds, series */
+	assert_non_null(memmem(buf, len, series1, sizeof(series1)));
+	assert_non_null(memmem(buf, len, route, sizeof(route)));
+	assert_non_null(memmem(buf, len, "\xa5" "count" "\x02", 7));
+	free(buf);
+	/* /metrics keeps counting; the next window starts empty */
+	assert_int_equal(sonde_red_agg__window(agg, 1e9 + 10, 10, (void **)&buf, &len), 0);
+	assert_non_null(memmem(buf, len, series0, sizeof(series0)));
+	free(buf);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/w", "}") " 2");
+}
+
+/* The client side: its own families, the server's address, 4xx is an error. */
+static void test_agg_client(void **state)
+{
+	struct rec r = {0};
+	const char *req = "GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n";
+
+	(void)state;
+	r.ev.type = RED_EV_EXCHANGE;
+	r.ev.end = RED_END_LENGTH;
+	r.ev.client = 1;
+	r.ev.tgid = 100;
+	r.ev.lport = 8080;
+	r.ev.status = 404;
+	r.ev.start = 1000;
+	r.ev.last = 2001000;
+	r.ev.resp_bytes = 60;
+	r.ev.resp_head_len = 40;
+	r.ev.resp_clen = 20;
+	r.ev.server_addr = htonl(0x7f000001);
+	r.ev.len = (uint16_t)strlen(req);
+	memcpy(r.data, req, strlen(req));
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
+	has_line("http_client_request_duration_seconds_count{service_name=\"web\","
+		 "http_request_method=\"GET\",http_response_status_code=\"404\","
+		 "http_route=\"/users/*\",url_scheme=\"http\",server_address=\"127.0.0.1\","
+		 "server_port=\"8080\",error_type=\"404\"} 1");
+	has_line("http_client_response_body_size_bytes_sum{service_name=\"web\","
+		 "http_request_method=\"GET\",http_response_status_code=\"404\","
+		 "http_route=\"/users/*\",url_scheme=\"http\",server_address=\"127.0.0.1\","
+		 "server_port=\"8080\",error_type=\"404\"} 20");
+	/* no server series: the server families are there, empty */
+	assert_null(strstr(written(), "http_server_request_duration_seconds_count"));
+	assert_non_null(strstr(written(), "# TYPE http_client_request_duration_seconds histogram"));
 }
 
 int main(void)
@@ -464,6 +536,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_agg_forced_and_aborted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_route_cap, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_bad_records, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_agg_window, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_agg_client, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
