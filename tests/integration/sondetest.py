@@ -71,9 +71,9 @@ def http_get(url, timeout=60):
 
 
 def bpf_programs():
-    """Names of the BPF programs loaded on the machine."""
+    """{id: name} of the BPF programs loaded on the machine."""
     out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    return re.findall(r"^\d+: \S+\s+name (\S+)", out, re.M)
+    return {int(i): n for i, n in re.findall(r"^(\d+): \S+\s+name (\S+)", out, re.M)}
 
 
 class Sonded:
@@ -104,6 +104,20 @@ class Sonded:
             time.sleep(0.1)
         self.proc.kill()
         fail(f"sonded did not serve HTTP within 20 s:\n{self.output()}")
+
+    def prog_ids(self):
+        """Ids of the BPF programs this sonded holds open (from its fdinfo)."""
+        ids = set()
+        fd_dir = f"/proc/{self.proc.pid}/fd"
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{fd_dir}/{fd}") != "anon_inode:bpf-prog":
+                    continue
+                with open(f"/proc/{self.proc.pid}/fdinfo/{fd}") as f:
+                    m = re.search(r"^prog_id:\s*(\d+)$", f.read(), re.M)
+                if m:
+                    ids.add(int(m.group(1)))
+        return ids
 
     def _kill(self):
         if self.proc.poll() is None:

@@ -24,7 +24,9 @@ d = Sonded("--output", outdir, "--window", "2")
 fx = subprocess.Popen([fixture("fp_chain"), "5"])
 time.sleep(5.5)
 fx.wait()
-loaded = OURS & set(bpf_programs())
+# This sonded's own programs (other sondeds may run on the machine).
+ids = d.prog_ids()
+loaded = {name for i, name in bpf_programs().items() if i in ids}
 if loaded != OURS:
     fail(f"while running, only {loaded} of sonded's programs are loaded")
 
@@ -44,7 +46,7 @@ d.stop()
 # The kernel frees programs after an RCU grace period (trampolines of
 # tp_btf programs take longest): give it a few seconds.
 deadline = time.time() + 10
-while (left := OURS & set(bpf_programs())) and time.time() < deadline:
+while (left := ids & set(bpf_programs())) and time.time() < deadline:
     time.sleep(0.2)
 if left:
     fail(f"BPF programs still loaded after sonded stopped: {left}")
