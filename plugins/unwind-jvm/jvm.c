@@ -1,0 +1,1417 @@
+// SPDX-License-Identifier: MIT
+/*
+ * sonde-unwind-jvm: Java methods in the stacks of HotSpot JVMs.
+ *
+ * Detection (attach_process and, for a JVM offered at exec before its
+ * libjvm.so is loaded, a retry timer): libjvm.so mapped; the serviceability
+ * tables it exports (gHotSpotVMStructs, gHotSpotVMTypes and the symbols
+ * giving their entry layout) read from the process and validated; the JVM's
+ * version and code cache bounds read through them. Everything read is kept
+ * per process for the VMStructs walker of the next increment. A JVM whose
+ * tables cannot be read is declined with the reason.
+ *
+ * This increment's path, "perfmap": for a JVM run with
+ * -XX:+PreserveFramePointer the BPF walker (jvm.bpf.c) turns every pc in the
+ * code cache into a frame of the plugin's kind, and the symbolizer names it
+ * from the perf map the JVM writes when asked through its attach interface
+ * (jcmd Compiler.perfmap, JDK 17+). The attach protocol can take seconds, so
+ * it runs on a worker thread of the plugin; a lock guards the per-process
+ * tables between it and the core's loop thread.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <inttypes.h>
+#include <libelf.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <linux/types.h>
+#include <sonde/plugin.h>
+
+#include "jvm.h"
+#include "jvm.skel.h"
+
+#define MAX_VM_ENTRIES	  20000 /* JDK 17 has about 2,900 fields and 1,100 types */
+#define MAX_VM_STRING	  128
+#define MAX_CODE_CACHE	  (4ULL << 30) /* ReservedCodeCacheSize is at most 2 GB */
+#define PENDING_TRIES	  60	       /* one a second: a JVM has a minute to start */
+#define TICK_MS		  1000
+#define MISS_REFRESH_MS	  1000 /* an unnamed pc asks for a new map at most this often */
+#define ATTACH_TIMEOUT_MS 5000
+#define STARTUP_MS	  10000 /* a launcher this young may be mid-way loading libjvm.so */
+#define NBUCKETS	  4096
+
+enum jvm_path {
+	PATH_PENDING = 0, /* waiting for libjvm.so or for the code cache */
+	PATH_PERFMAP,
+	PATH_DECLINED, /* attached at exec, found unreadable later */
+	PATH__COUNT,
+};
+
+static const char *const path_names[PATH__COUNT] = {"pending", "perfmap", "declined"};
+
+/* One entry of gHotSpotVMStructs: a field's offset, or a static's address. */
+struct vm_field {
+	const char *type, *field; /* interned */
+	uint64_t value;		  /* offset, or address when is_static */
+	bool is_static;
+};
+
+struct vm_type {
+	const char *name; /* interned */
+	uint64_t size;
+};
+
+/* What the JVM says of itself; the next increment's walker reads on from it. */
+struct vm_info {
+	struct vm_field *fields;
+	size_t nfields;
+	struct vm_type *types;
+	size_t ntypes;
+	char release[64]; /* Abstract_VM_Version::_s_vm_release, e.g. "17.0.15+6-..." */
+	int major;
+	uint64_t code_lo, code_hi; /* CodeCache::_low_bound, _high_bound */
+};
+
+struct perf_sym {
+	uint64_t start, end;
+	const char *name; /* interned */
+};
+
+struct proc {
+	struct proc *next;
+	uint32_t pid, nspid;
+	uid_t uid;
+	gid_t gid;
+	enum jvm_path path;
+	int tries;
+	char libjvm[PATH_MAX];
+	struct vm_info vm;
+	struct perf_sym *syms; /* sorted by start */
+	size_t nsyms;
+	uint64_t requested_ms; /* last perf map request, 0: none */
+	bool queued;
+};
+
+struct job {
+	struct job *next;
+	uint32_t pid, nspid;
+	uid_t uid;
+	gid_t gid;
+};
+
+struct interned {
+	struct interned *next;
+	char s[];
+};
+
+struct settings {
+	int64_t perfmap_interval_ms;
+};
+
+struct jvm {
+	const struct sonde_host_api *api;
+	struct sonde_host *host;
+	struct jvm_bpf *skel;
+	struct settings set;
+	void *timer;
+	pthread_mutex_t lock; /* procs, their tables, strings, jobs, counters below */
+	pthread_cond_t wake;
+	pthread_t worker;
+	bool worker_started, stopping;
+	struct job *jobs;
+	struct proc *procs;
+	struct interned *strings[NBUCKETS];
+	uint64_t declined; /* JVMs declined since start */
+	uint64_t unnamed, attach_errors, perfmap_errors;
+};
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* Names handed to the core live until fini. Called with the lock held. */
+static const char *intern(struct jvm *j, const char *s)
+{
+	uint64_t h = 1469598103934665603ULL;
+	struct interned *e;
+	const char *c;
+
+	for (c = s; *c; c++)
+		h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+	for (e = j->strings[h % NBUCKETS]; e; e = e->next)
+		if (!strcmp(e->s, s))
+			return e->s;
+	e = malloc(sizeof(*e) + strlen(s) + 1);
+	if (!e)
+		return NULL;
+	strcpy(e->s, s);
+	e->next = j->strings[h % NBUCKETS];
+	j->strings[h % NBUCKETS] = e;
+	return e->s;
+}
+
+static struct proc *find_proc(struct jvm *j, uint32_t pid)
+{
+	struct proc *p;
+
+	for (p = j->procs; p; p = p->next)
+		if (p->pid == pid)
+			return p;
+	return NULL;
+}
+
+static void free_proc(struct proc *p)
+{
+	if (!p)
+		return;
+	free(p->vm.fields);
+	free(p->vm.types);
+	free(p->syms);
+	free(p);
+}
+
+static void log_msg(struct jvm *j, enum sonde_plugin_log_level level, const char *msg)
+{
+	j->api->log(j->host, level, "%s", msg);
+}
+
+/* ---- the process: maps, ids ---------------------------------------------------------------- */
+
+/* libjvm.so's path and the start of its mapping at file offset 0. */
+static int find_libjvm(uint32_t pid, char *path, size_t pathlen, uint64_t *start)
+{
+	char maps[64], line[PATH_MAX + 128];
+	FILE *f;
+	int ret = -ENOENT;
+
+	snprintf(maps, sizeof(maps), "/proc/%u/maps", pid);
+	f = fopen(maps, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, off;
+		char *file = strchr(line, '/'), *base;
+
+		if (!file || sscanf(line, "%lx-%*x %*s %lx", &lo, &off) != 2 || off)
+			continue;
+		file[strcspn(file, "\n")] = '\0';
+		base = strrchr(file, '/') + 1;
+		if (strcmp(base, "libjvm.so"))
+			continue;
+		snprintf(path, pathlen, "%s", file);
+		*start = lo;
+		ret = 0;
+		break;
+	}
+	fclose(f);
+	return ret;
+}
+
+/* The pid in the process's own namespace (names its /tmp files) and its
+ * effective ids (the owner its attach trigger file must have). */
+static void read_ids(struct proc *p)
+{
+	char path[64], line[256];
+	FILE *f;
+
+	p->nspid = p->pid;
+	snprintf(path, sizeof(path), "/proc/%u/status", p->pid);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned int a, b;
+		char *last;
+
+		if (sscanf(line, "Uid: %u %u", &a, &b) == 2)
+			p->uid = b;
+		else if (sscanf(line, "Gid: %u %u", &a, &b) == 2)
+			p->gid = b;
+		else if (!strncmp(line, "NSpid:", 6)) {
+			last = strrchr(line, '\t');
+			if (last && sscanf(last, "%u", &a) == 1)
+				p->nspid = a;
+		}
+	}
+	fclose(f);
+}
+
+/* How long ago the process started, in ms; UINT64_MAX if unknown. */
+static uint64_t proc_age_ms(uint32_t pid)
+{
+	char path[64], buf[1024], *rp;
+	unsigned long long start = 0;
+	double up = 0;
+	long hz = sysconf(_SC_CLK_TCK);
+	FILE *f;
+	int i;
+
+	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+	f = fopen(path, "re");
+	if (!f)
+		return UINT64_MAX;
+	rp = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+	fclose(f);
+	for (i = 0; rp && i < 20; i++) /* starttime is the 20th field after comm */
+		rp = strchr(rp + 1, ' ');
+	f = fopen("/proc/uptime", "re");
+	if (!rp || !f || sscanf(rp, " %llu", &start) != 1 || fscanf(f, "%lf", &up) != 1 ||
+	    hz <= 0) {
+		if (f)
+			fclose(f);
+		return UINT64_MAX;
+	}
+	fclose(f);
+	return up * 1000 > (double)start * 1000 / hz
+		       ? (uint64_t)(up * 1000 - (double)start * 1000 / hz)
+		       : 0;
+}
+
+/* ---- libjvm.so's exported symbols ---------------------------------------------------------- */
+
+enum vm_sym {
+	S_STRUCTS = 0,
+	S_STRUCT_STRIDE,
+	S_STRUCT_TYPE,
+	S_STRUCT_FIELD,
+	S_STRUCT_STATIC,
+	S_STRUCT_OFFSET,
+	S_STRUCT_ADDRESS,
+	S_TYPES,
+	S_TYPE_STRIDE,
+	S_TYPE_NAME,
+	S_TYPE_SIZE,
+	S__COUNT,
+};
+
+static const char *const vm_sym_names[S__COUNT] = {
+	[S_STRUCTS] = "gHotSpotVMStructs",
+	[S_STRUCT_STRIDE] = "gHotSpotVMStructEntryArrayStride",
+	[S_STRUCT_TYPE] = "gHotSpotVMStructEntryTypeNameOffset",
+	[S_STRUCT_FIELD] = "gHotSpotVMStructEntryFieldNameOffset",
+	[S_STRUCT_STATIC] = "gHotSpotVMStructEntryIsStaticOffset",
+	[S_STRUCT_OFFSET] = "gHotSpotVMStructEntryOffsetOffset",
+	[S_STRUCT_ADDRESS] = "gHotSpotVMStructEntryAddressOffset",
+	[S_TYPES] = "gHotSpotVMTypes",
+	[S_TYPE_STRIDE] = "gHotSpotVMTypeEntryArrayStride",
+	[S_TYPE_NAME] = "gHotSpotVMTypeEntryTypeNameOffset",
+	[S_TYPE_SIZE] = "gHotSpotVMTypeEntrySizeOffset",
+};
+
+struct syms {
+	uint64_t addr[S__COUNT]; /* file vaddr, 0: missing */
+	uint64_t base_vaddr;	 /* p_vaddr - p_offset of the first PT_LOAD */
+};
+
+static int read_syms(const char *file, struct syms *s)
+{
+	Elf *elf = NULL;
+	Elf_Scn *scn = NULL;
+	GElf_Shdr sh;
+	size_t i, n;
+	int fd, ret = -ENOENT, k;
+
+	memset(s, 0, sizeof(*s));
+	elf_version(EV_CURRENT);
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	elf = elf_begin(fd, ELF_C_READ, NULL);
+	if (!elf || elf_getphdrnum(elf, &n))
+		goto cleanup;
+	for (i = 0; i < n; i++) {
+		GElf_Phdr ph;
+
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD) {
+			s->base_vaddr = ph.p_vaddr - ph.p_offset;
+			break;
+		}
+	}
+	while ((scn = elf_nextscn(elf, scn))) {
+		Elf_Data *d;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM || !sh.sh_entsize)
+			continue;
+		d = elf_getdata(scn, NULL);
+		for (i = 0; d && i < sh.sh_size / sh.sh_entsize; i++) {
+			GElf_Sym sym;
+			const char *name;
+
+			if (!gelf_getsym(d, (int)i, &sym) || sym.st_shndx == SHN_UNDEF)
+				continue;
+			name = elf_strptr(elf, sh.sh_link, sym.st_name);
+			if (!name || strncmp(name, "gHotSpotVM", 10))
+				continue;
+			for (k = 0; k < S__COUNT; k++)
+				if (!strcmp(name, vm_sym_names[k]))
+					s->addr[k] = sym.st_value;
+		}
+	}
+	ret = 0;
+cleanup:
+	elf_end(elf);
+	close(fd);
+	return ret;
+}
+
+/* ---- the tables, read from the process ----------------------------------------------------- */
+
+struct reader {
+	struct jvm *j;
+	uint32_t pid;
+	char *reason;
+	size_t reasonlen;
+};
+
+static int read_exact(struct reader *r, uint64_t addr, void *buf, size_t len)
+{
+	ssize_t n = r->j->api->read_memory(r->j->host, r->pid, addr, buf, len);
+
+	return n == (ssize_t)len ? 0 : -EFAULT;
+}
+
+/* A C string of the process, cut at MAX_VM_STRING - 1; -EFAULT if unreadable or
+ * not ended within the bound. */
+static int read_cstr(struct reader *r, uint64_t addr, char *out)
+{
+	ssize_t n;
+
+	if (!addr)
+		return -EFAULT;
+	n = r->j->api->read_memory(r->j->host, r->pid, addr, out, MAX_VM_STRING);
+	if (n <= 0 || !memchr(out, '\0', (size_t)n))
+		return -EFAULT;
+	return 0;
+}
+
+static int read_u32(struct reader *r, uint64_t addr, uint32_t *v)
+{
+	return read_exact(r, addr, v, sizeof(*v));
+}
+
+#define DECLINE(r, ...) (snprintf((r)->reason, (r)->reasonlen, __VA_ARGS__), SONDE_DECLINE)
+
+/* An entry layout: stride and offsets of its members, each read from the
+ * process and checked to fit the stride. */
+static int read_layout(struct reader *r, const struct syms *s, uint64_t bias, const int *which,
+		       uint32_t *vals, int n)
+{
+	int i;
+
+	for (i = 0; i < n; i++) {
+		if (!s->addr[which[i]])
+			return DECLINE(r, "libjvm.so exports no %s", vm_sym_names[which[i]]);
+		if (read_u32(r, bias + s->addr[which[i]], &vals[i]))
+			return DECLINE(r, "cannot read %s", vm_sym_names[which[i]]);
+	}
+	if (vals[0] < 16 || vals[0] > 256 || vals[0] % 8)
+		return DECLINE(r, "%s is %u, not an entry size", vm_sym_names[which[0]], vals[0]);
+	for (i = 1; i < n; i++)
+		if (vals[i] + 8 > vals[0])
+			return DECLINE(r, "%s is %u, past the entry size %u",
+				       vm_sym_names[which[i]], vals[i], vals[0]);
+	return 0;
+}
+
+static uint64_t get_u64(const uint8_t *e, uint32_t off)
+{
+	uint64_t v;
+
+	memcpy(&v, e + off, sizeof(v));
+	return v;
+}
+
+/* Walks an entry array until the entry whose type name is NULL, calling
+ * take for each; the end must come within MAX_VM_ENTRIES. */
+static int
+walk_entries(struct reader *r, const char *what, uint64_t array, uint32_t stride, uint32_t name_off,
+	     int (*take)(struct reader *r, const uint8_t *e, const char *type, void *ctx),
+	     void *ctx, size_t *count)
+{
+	uint8_t chunk[64 * 256];
+	uint64_t last_ptr = 0;
+	char type[MAX_VM_STRING], name[MAX_VM_STRING];
+	size_t i = 0, per = sizeof(chunk) / stride, k;
+	int rc;
+
+	*count = 0;
+	while (i < MAX_VM_ENTRIES) {
+		ssize_t got = r->j->api->read_memory(r->j->host, r->pid, array + i * stride, chunk,
+						     per * stride);
+
+		if (got < (ssize_t)stride)
+			return DECLINE(r, "%s: entry %zu unreadable before its end", what, i);
+		for (k = 0; k < (size_t)got / stride; k++, i++) {
+			const uint8_t *e = chunk + k * stride;
+			uint64_t tp = get_u64(e, name_off);
+
+			if (!tp) {
+				*count = i;
+				return 0;
+			}
+			if (tp != last_ptr) {
+				if (read_cstr(r, tp, name))
+					return DECLINE(r,
+						       "%s: entry %zu has an unreadable type name",
+						       what, i);
+				memcpy(type, name, sizeof(type));
+				last_ptr = tp;
+			}
+			rc = take(r, e, type, ctx);
+			if (rc)
+				return rc;
+		}
+	}
+	return DECLINE(r, "%s: no end within %d entries", what, MAX_VM_ENTRIES);
+}
+
+struct field_ctx {
+	struct vm_info *vm;
+	size_t cap;
+	uint32_t field, is_static, offset, address;
+};
+
+static int take_field(struct reader *r, const uint8_t *e, const char *type, void *ctx)
+{
+	struct field_ctx *c = ctx;
+	struct vm_info *vm = c->vm;
+	char name[MAX_VM_STRING];
+	struct vm_field *f;
+	int32_t is_static;
+
+	if (read_cstr(r, get_u64(e, c->field), name))
+		return DECLINE(r, "gHotSpotVMStructs: %s has a field with an unreadable name",
+			       type);
+	if (vm->nfields == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 1024;
+
+		f = realloc(vm->fields, cap * sizeof(*f));
+		if (!f)
+			return -ENOMEM;
+		vm->fields = f;
+		c->cap = cap;
+	}
+	memcpy(&is_static, e + c->is_static, sizeof(is_static));
+	f = &vm->fields[vm->nfields];
+	pthread_mutex_lock(&r->j->lock);
+	f->type = intern(r->j, type);
+	f->field = intern(r->j, name);
+	pthread_mutex_unlock(&r->j->lock);
+	if (!f->type || !f->field)
+		return -ENOMEM;
+	f->is_static = is_static != 0;
+	f->value = get_u64(e, f->is_static ? c->address : c->offset);
+	vm->nfields++;
+	return 0;
+}
+
+struct type_ctx {
+	struct vm_info *vm;
+	size_t cap;
+	uint32_t size;
+};
+
+static int take_type(struct reader *r, const uint8_t *e, const char *type, void *ctx)
+{
+	struct type_ctx *c = ctx;
+	struct vm_info *vm = c->vm;
+	struct vm_type *t;
+
+	if (vm->ntypes == c->cap) {
+		size_t cap = c->cap ? c->cap * 2 : 512;
+
+		t = realloc(vm->types, cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		vm->types = t;
+		c->cap = cap;
+	}
+	t = &vm->types[vm->ntypes];
+	pthread_mutex_lock(&r->j->lock);
+	t->name = intern(r->j, type);
+	pthread_mutex_unlock(&r->j->lock);
+	if (!t->name)
+		return -ENOMEM;
+	t->size = get_u64(e, c->size);
+	vm->ntypes++;
+	return 0;
+}
+
+static const struct vm_field *vm_field(const struct vm_info *vm, const char *type,
+				       const char *field)
+{
+	size_t i;
+
+	for (i = 0; i < vm->nfields; i++)
+		if (!strcmp(vm->fields[i].type, type) && !strcmp(vm->fields[i].field, field))
+			return &vm->fields[i];
+	return NULL;
+}
+
+static const struct vm_type *vm_type(const struct vm_info *vm, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < vm->ntypes; i++)
+		if (!strcmp(vm->types[i].name, name))
+			return &vm->types[i];
+	return NULL;
+}
+
+/* What the walker will rely on: each must be there, statics with an
+ * address, fields inside their type. */
+static const struct {
+	const char *type, *field;
+	bool is_static;
+} required[] = {
+	{"Abstract_VM_Version", "_s_vm_release", true},
+	{"Abstract_VM_Version", "_vm_major_version", true},
+	{"CodeCache", "_heaps", true},
+	{"CodeCache", "_low_bound", true},
+	{"CodeCache", "_high_bound", true},
+	{"CodeHeap", "_memory", false},
+	{"CodeHeap", "_segmap", false},
+	{"CodeHeap", "_log2_segment_size", false},
+	{"CodeBlob", "_name", false},
+	{"CodeBlob", "_code_begin", false},
+	{"CodeBlob", "_code_end", false},
+	{"CodeBlob", "_frame_size", false},
+	{"CodeBlob", "_frame_complete_offset", false},
+	{"CompiledMethod", "_method", false}, /* nmethod's base in JDK 9-22 */
+	{"Method", "_constMethod", false},
+	{"ConstMethod", "_constants", false},
+	{"ConstantPool", "_pool_holder", false},
+	{"Klass", "_name", false},
+};
+
+static const char *const required_types[] = {"CodeBlob",     "nmethod", "Method",   "ConstMethod",
+					     "ConstantPool", "Symbol",	"HeapBlock"};
+
+static int validate(struct reader *r, const struct vm_info *vm)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(required) / sizeof(required[0]); i++) {
+		const struct vm_field *f = vm_field(vm, required[i].type, required[i].field);
+		const struct vm_type *t = vm_type(vm, required[i].type);
+
+		if (!f)
+			return DECLINE(r, "gHotSpotVMStructs: no %s::%s (%zu entries read)",
+				       required[i].type, required[i].field, vm->nfields);
+		if (f->is_static != required[i].is_static || (f->is_static && !f->value))
+			return DECLINE(r, "gHotSpotVMStructs: %s::%s is not a %s", f->type,
+				       f->field, required[i].is_static ? "static" : "field");
+		if (!f->is_static && t && t->size && f->value >= t->size)
+			return DECLINE(r,
+				       "gHotSpotVMStructs: %s::%s at %" PRIu64
+				       " is past the type's size %" PRIu64,
+				       f->type, f->field, f->value, t->size);
+	}
+	for (i = 0; i < sizeof(required_types) / sizeof(required_types[0]); i++) {
+		const struct vm_type *t = vm_type(vm, required_types[i]);
+
+		if (!t)
+			return DECLINE(r, "gHotSpotVMTypes: no %s (%zu types read)",
+				       required_types[i], vm->ntypes);
+		if (!t->size || t->size > 4096)
+			return DECLINE(r, "gHotSpotVMTypes: %s has size %" PRIu64, t->name,
+				       t->size);
+	}
+	return 0;
+}
+
+/*
+ * Reads the JVM's tables into p->vm. 0 when the JVM is readable and its code
+ * cache is up; -EAGAIN when it may become so (libjvm.so not mapped yet, the
+ * VM still starting); SONDE_DECLINE with the reason; or -errno.
+ */
+static int detect(struct jvm *j, struct proc *p, char *reason, size_t reasonlen)
+{
+	struct reader r = {.j = j, .pid = p->pid, .reason = reason, .reasonlen = reasonlen};
+	static const int st_which[] = {S_STRUCT_STRIDE, S_STRUCT_TYPE,	 S_STRUCT_FIELD,
+				       S_STRUCT_STATIC, S_STRUCT_OFFSET, S_STRUCT_ADDRESS};
+	static const int ty_which[] = {S_TYPE_STRIDE, S_TYPE_NAME, S_TYPE_SIZE};
+	uint32_t st[6], ty[3];
+	char file[PATH_MAX + 32], rel[MAX_VM_STRING];
+	struct vm_info vm = {};
+	struct field_ctx fc;
+	struct type_ctx tc;
+	uint64_t start = 0, bias, structs, types, rel_ptr;
+	const struct vm_field *f;
+	int32_t major;
+	struct syms s;
+	int rc;
+
+	if (find_libjvm(p->pid, p->libjvm, sizeof(p->libjvm), &start))
+		return -EAGAIN;
+	snprintf(file, sizeof(file), "/proc/%u/root%s", p->pid, p->libjvm);
+	rc = read_syms(file, &s);
+	if (rc)
+		rc = read_syms(p->libjvm, &s);
+	if (rc)
+		return DECLINE(&r, "%s: cannot read its symbols: %s", p->libjvm, strerror(-rc));
+	if (!s.addr[S_STRUCTS] || !s.addr[S_TYPES])
+		return DECLINE(&r, "%s exports no gHotSpotVMStructs/gHotSpotVMTypes", p->libjvm);
+	bias = start - s.base_vaddr;
+	rc = read_layout(&r, &s, bias, st_which, st, 6);
+	if (!rc)
+		rc = read_layout(&r, &s, bias, ty_which, ty, 3);
+	if (rc)
+		return rc;
+	if (read_exact(&r, bias + s.addr[S_STRUCTS], &structs, 8) ||
+	    read_exact(&r, bias + s.addr[S_TYPES], &types, 8))
+		return DECLINE(&r, "cannot read gHotSpotVMStructs/gHotSpotVMTypes");
+	if (!structs || !types)
+		return DECLINE(&r, "gHotSpotVMStructs or gHotSpotVMTypes is NULL");
+	fc = (struct field_ctx){
+		.vm = &vm, .field = st[2], .is_static = st[3], .offset = st[4], .address = st[5]};
+	rc = walk_entries(&r, "gHotSpotVMStructs", structs, st[0], st[1], take_field, &fc,
+			  &vm.nfields);
+	tc = (struct type_ctx){.vm = &vm, .size = ty[2]};
+	if (!rc)
+		rc = walk_entries(&r, "gHotSpotVMTypes", types, ty[0], ty[1], take_type, &tc,
+				  &vm.ntypes);
+	if (!rc)
+		rc = validate(&r, &vm);
+	if (rc)
+		goto fail;
+	f = vm_field(&vm, "Abstract_VM_Version", "_s_vm_release");
+	if (read_exact(&r, f->value, &rel_ptr, 8) || read_cstr(&r, rel_ptr, rel)) {
+		rc = DECLINE(&r, "cannot read Abstract_VM_Version::_s_vm_release");
+		goto fail;
+	}
+	snprintf(vm.release, sizeof(vm.release), "%.63s", rel);
+	f = vm_field(&vm, "Abstract_VM_Version", "_vm_major_version");
+	if (read_exact(&r, f->value, &major, 4) || major < 1 || major > 1000) {
+		rc = DECLINE(&r, "cannot read Abstract_VM_Version::_vm_major_version");
+		goto fail;
+	}
+	vm.major = major;
+	if (read_exact(&r, vm_field(&vm, "CodeCache", "_low_bound")->value, &vm.code_lo, 8) ||
+	    read_exact(&r, vm_field(&vm, "CodeCache", "_high_bound")->value, &vm.code_hi, 8)) {
+		rc = DECLINE(&r, "cannot read CodeCache::_low_bound/_high_bound");
+		goto fail;
+	}
+	if (!vm.code_lo && !vm.code_hi) {
+		rc = -EAGAIN; /* the VM is still starting */
+		goto fail;
+	}
+	if (vm.code_lo >= vm.code_hi || vm.code_hi - vm.code_lo > MAX_CODE_CACHE) {
+		rc = DECLINE(&r, "code cache bounds 0x%" PRIx64 "-0x%" PRIx64 " are not plausible",
+			     vm.code_lo, vm.code_hi);
+		goto fail;
+	}
+	if (vm.major < 17) {
+		rc = DECLINE(&r, "JDK %d (%s): no Compiler.perfmap before JDK 17", vm.major,
+			     vm.release);
+		goto fail;
+	}
+	free(p->vm.fields);
+	free(p->vm.types);
+	p->vm = vm;
+	return 0;
+fail:
+	free(vm.fields);
+	free(vm.types);
+	return rc;
+}
+
+/* ---- the attach interface and the perf map (worker thread) --------------------------------- */
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+
+	nanosleep(&ts, NULL);
+}
+
+static bool is_socket(const char *path)
+{
+	struct stat st;
+
+	return !stat(path, &st) && S_ISSOCK(st.st_mode);
+}
+
+/* Whether the JVM has its "Signal Dispatcher" thread: before it runs (VM
+ * start-up) or without it (-Xrs, -XX:+ReduceSignalUsage), SIGQUIT could
+ * take the process down instead of opening the attach socket. */
+static bool has_signal_dispatcher(uint32_t pid)
+{
+	char path[PATH_MAX], comm[32];
+	struct dirent *de;
+	bool found = false;
+	DIR *dir;
+
+	snprintf(path, sizeof(path), "/proc/%u/task", pid);
+	dir = opendir(path);
+	if (!dir)
+		return false;
+	while (!found && (de = readdir(dir))) {
+		FILE *f;
+
+		if (de->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%u/task/%.16s/comm", pid, de->d_name);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		found = fgets(comm, sizeof(comm), f) && !strncmp(comm, "Signal Dispatch", 15);
+		fclose(f);
+	}
+	closedir(dir);
+	return found;
+}
+
+/*
+ * HotSpot's dynamic attach, as jcmd does it: a trigger file .attach_pid<pid>
+ * in its working directory (or /tmp) and SIGQUIT make the JVM open the
+ * socket /tmp/.java_pid<pid>; the request is "1" (protocol), the command and
+ * three arguments, each NUL-ended; the reply starts with the result code.
+ * Paths go through /proc/<pid>/root so a JVM in a container works alike.
+ */
+static int jcmd(const struct job *jb, const char *cmd, char *err, size_t errlen)
+{
+	char sock[108], trig[PATH_MAX], reply[512], req[128];
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct timeval tv = {.tv_sec = ATTACH_TIMEOUT_MS / 1000};
+	size_t len = 0, reqlen;
+	ssize_t n;
+	int fd = -1, ret = -EIO, waited;
+
+	snprintf(sock, sizeof(sock), "/proc/%u/root/tmp/.java_pid%u", jb->pid, jb->nspid);
+	if (!is_socket(sock)) {
+		if (!has_signal_dispatcher(jb->pid)) {
+			snprintf(err, errlen,
+				 "no Signal Dispatcher thread: not signalling the JVM");
+			return -EAGAIN;
+		}
+		snprintf(trig, sizeof(trig), "/proc/%u/cwd/.attach_pid%u", jb->pid, jb->nspid);
+		fd = open(trig, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			snprintf(trig, sizeof(trig), "/proc/%u/root/tmp/.attach_pid%u", jb->pid,
+				 jb->nspid);
+			fd = open(trig, O_CREAT | O_WRONLY | O_CLOEXEC, 0600);
+		}
+		if (fd < 0) {
+			ret = -errno;
+			snprintf(err, errlen, "cannot create the attach trigger: %s",
+				 strerror(errno));
+			return ret;
+		}
+		/* The JVM heeds a trigger owned by its user or by root: if the
+		 * chown fails, root's file still does. */
+		waited = fchown(fd, jb->uid, jb->gid);
+		close(fd);
+		fd = -1;
+		if (kill((pid_t)jb->pid, SIGQUIT)) {
+			ret = -errno;
+			snprintf(err, errlen, "SIGQUIT: %s", strerror(errno));
+			unlink(trig);
+			return ret;
+		}
+		for (waited = 0; waited < ATTACH_TIMEOUT_MS && !is_socket(sock); waited += 20)
+			sleep_ms(20);
+		unlink(trig);
+		if (!is_socket(sock)) {
+			snprintf(err, errlen, "no attach socket %s within %d ms", sock,
+				 ATTACH_TIMEOUT_MS);
+			return -ETIMEDOUT;
+		}
+	}
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) ||
+	    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)) ||
+	    connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+		ret = -errno;
+		snprintf(err, errlen, "connect %s: %s", sock, strerror(errno));
+		goto cleanup;
+	}
+	reqlen = (size_t)snprintf(req, sizeof(req), "1%cjcmd%c%s%c%c%c", 0, 0, cmd, 0, 0, 0);
+	if (write(fd, req, reqlen) != (ssize_t)reqlen) {
+		ret = errno ? -errno : -EIO;
+		snprintf(err, errlen, "write: %s", strerror(-ret));
+		goto cleanup;
+	}
+	while (len + 1 < sizeof(reply) && (n = read(fd, reply + len, sizeof(reply) - 1 - len)) > 0)
+		len += (size_t)n;
+	reply[len] = '\0';
+	if (strncmp(reply, "0\n", 2) || strstr(reply, "Unknown diagnostic command")) {
+		reply[len < 200 ? len : 200] = '\0';
+		for (n = 0; reply[n]; n++)
+			if (reply[n] == '\n')
+				reply[n] = ' ';
+		snprintf(err, errlen, "%s: %.200s", cmd, len ? reply : "no reply");
+		goto cleanup;
+	}
+	ret = 0;
+cleanup:
+	if (fd >= 0)
+		close(fd);
+	return ret;
+}
+
+static int cmp_sym(const void *a, const void *b)
+{
+	const struct perf_sym *x = a, *y = b;
+
+	return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* "long Chain.leaf(long)" -> "Chain.leaf"; other names ("Interpreter",
+ * "StubRoutines (1)") as they are. */
+static void method_name(char *name)
+{
+	char *paren = strchr(name, '('), *sp;
+
+	if (!paren || paren == name || paren[-1] == ' ')
+		return;
+	*paren = '\0';
+	sp = strrchr(name, ' ');
+	if (sp)
+		memmove(name, sp + 1, strlen(sp + 1) + 1);
+}
+
+/* Parses the perf map into a sorted table with interned names. */
+static int load_perfmap(struct jvm *j, const struct job *jb, struct perf_sym **out, size_t *nout)
+{
+	char path[64], line[4096];
+	struct perf_sym *syms = NULL, *t;
+	size_t n = 0, cap = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%u/root/tmp/perf-%u.map", jb->pid, jb->nspid);
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		uint64_t start, size;
+		char *end, *name;
+
+		start = strtoull(line, &end, 16);
+		size = strtoull(end, &name, 16);
+		if (name == end || !size || *name != ' ')
+			continue;
+		name++;
+		name[strcspn(name, "\n")] = '\0';
+		method_name(name);
+		if (n == cap) {
+			cap = cap ? cap * 2 : 1024;
+			t = realloc(syms, cap * sizeof(*t));
+			if (!t)
+				goto nomem;
+			syms = t;
+		}
+		pthread_mutex_lock(&j->lock);
+		syms[n].name = intern(j, name);
+		pthread_mutex_unlock(&j->lock);
+		if (!syms[n].name)
+			goto nomem;
+		syms[n].start = start;
+		syms[n].end = start + size;
+		n++;
+	}
+	fclose(f);
+	qsort(syms, n, sizeof(*syms), cmp_sym);
+	*out = syms;
+	*nout = n;
+	return 0;
+nomem:
+	fclose(f);
+	free(syms);
+	return -ENOMEM;
+}
+
+static void run_job(struct jvm *j, const struct job *jb)
+{
+	struct perf_sym *syms = NULL, *old;
+	char err[256] = "", msg[320], path[64];
+	struct proc *p;
+	size_t n = 0;
+	bool ours;
+	int rc;
+
+	/* A map we had the JVM write goes once read: one per JVM would pile up
+	 * in its /tmp. One that was there before is someone else's. */
+	snprintf(path, sizeof(path), "/proc/%u/root/tmp/perf-%u.map", jb->pid, jb->nspid);
+	ours = access(path, F_OK) != 0;
+	rc = jcmd(jb, "Compiler.perfmap", err, sizeof(err));
+	if (rc == -EAGAIN) {
+		/* Still starting (or -Xrs): the tick asks again. */
+		snprintf(msg, sizeof(msg), "pid %u: %s", jb->pid, err);
+		log_msg(j, SONDE_PLUGIN_LOG_DEBUG, msg);
+	} else if (rc) {
+		pthread_mutex_lock(&j->lock);
+		j->attach_errors++;
+		pthread_mutex_unlock(&j->lock);
+		snprintf(msg, sizeof(msg), "pid %u: jcmd Compiler.perfmap: %s", jb->pid, err);
+		log_msg(j, SONDE_PLUGIN_LOG_WARN, msg);
+	} else if ((rc = load_perfmap(j, jb, &syms, &n))) {
+		pthread_mutex_lock(&j->lock);
+		j->perfmap_errors++;
+		pthread_mutex_unlock(&j->lock);
+		snprintf(msg, sizeof(msg), "pid %u: /tmp/perf-%u.map: %s", jb->pid, jb->nspid,
+			 strerror(-rc));
+		log_msg(j, SONDE_PLUGIN_LOG_WARN, msg);
+	}
+	if (ours)
+		unlink(path);
+	pthread_mutex_lock(&j->lock);
+	p = find_proc(j, jb->pid);
+	old = NULL;
+	if (p) {
+		p->queued = false;
+		if (!rc) {
+			old = p->syms;
+			p->syms = syms;
+			p->nsyms = n;
+			syms = NULL;
+		}
+	}
+	pthread_mutex_unlock(&j->lock);
+	free(old);
+	free(syms);
+}
+
+static void *worker_main(void *arg)
+{
+	struct jvm *j = arg;
+	struct job *jb;
+
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		while (!j->jobs && !j->stopping)
+			pthread_cond_wait(&j->wake, &j->lock);
+		if (j->stopping)
+			break;
+		jb = j->jobs;
+		j->jobs = jb->next;
+		pthread_mutex_unlock(&j->lock);
+		run_job(j, jb);
+		free(jb);
+		pthread_mutex_lock(&j->lock);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return NULL;
+}
+
+/* Asks the worker for a fresh perf map of p. Called with the lock held. */
+static void request_perfmap(struct jvm *j, struct proc *p)
+{
+	struct job *jb, **tail;
+
+	if (p->queued || p->path != PATH_PERFMAP)
+		return;
+	jb = calloc(1, sizeof(*jb));
+	if (!jb)
+		return;
+	*jb = (struct job){.pid = p->pid, .nspid = p->nspid, .uid = p->uid, .gid = p->gid};
+	for (tail = &j->jobs; *tail; tail = &(*tail)->next)
+		;
+	*tail = jb;
+	p->queued = true;
+	p->requested_ms = now_ms();
+	pthread_cond_signal(&j->wake);
+}
+
+/* ---- the plugin ---------------------------------------------------------------------------- */
+
+/* p got its tables: its code cache goes to the walker, its perf map is asked for. */
+static int start_perfmap(struct jvm *j, struct proc *p)
+{
+	struct jvm_proc bp = {.code_lo = p->vm.code_lo, .code_hi = p->vm.code_hi};
+
+	if (bpf_map_update_elem(bpf_map__fd(j->skel->maps.jvm_procs), &p->pid, &bp, BPF_ANY))
+		return -errno;
+	pthread_mutex_lock(&j->lock);
+	p->path = PATH_PERFMAP;
+	request_perfmap(j, p);
+	pthread_mutex_unlock(&j->lock);
+	j->api->log(j->host, SONDE_PLUGIN_LOG_INFO,
+		    "pid %u: JDK %d (%s), %zu VMStructs fields, %zu types, code cache 0x%" PRIx64
+		    "-0x%" PRIx64 ": path perfmap (frame pointers + jcmd Compiler.perfmap)",
+		    p->pid, p->vm.major, p->vm.release, p->vm.nfields, p->vm.ntypes, p->vm.code_lo,
+		    p->vm.code_hi);
+	return 0;
+}
+
+static int jvm_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t payload,
+			 struct sonde_plugin_frame *frames, int max)
+{
+	struct jvm *j = state;
+	uint64_t pc = (word & JVM_FRAME_RETURN) ? payload - 1 : payload;
+	const char *name = NULL;
+	struct proc *p;
+	size_t lo, hi;
+
+	if (!j || max < 1)
+		return 0;
+	pthread_mutex_lock(&j->lock);
+	p = find_proc(j, pid);
+	if (p) {
+		lo = 0;
+		hi = p->nsyms;
+		while (lo < hi) { /* the first entry starting after pc */
+			size_t mid = lo + (hi - lo) / 2;
+
+			if (p->syms[mid].start <= pc)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (lo && pc < p->syms[lo - 1].end)
+			name = p->syms[lo - 1].name;
+		if (!name && now_ms() - p->requested_ms >= MISS_REFRESH_MS)
+			request_perfmap(j, p); /* new code since the last map */
+	}
+	if (!name)
+		j->unnamed++;
+	pthread_mutex_unlock(&j->lock);
+	if (!name)
+		return 0;
+	frames[0] = (struct sonde_plugin_frame){.function = name};
+	return 1;
+}
+
+static void jvm_tick(void *ctx)
+{
+	struct jvm *j = ctx;
+	uint64_t now = now_ms();
+	char reason[256];
+	struct proc *p;
+	int rc;
+
+	for (p = j->procs; p; p = p->next) {
+		if (p->path == PATH_PERFMAP) {
+			pthread_mutex_lock(&j->lock);
+			if (now - p->requested_ms >= (uint64_t)j->set.perfmap_interval_ms)
+				request_perfmap(j, p);
+			pthread_mutex_unlock(&j->lock);
+			continue;
+		}
+		if (p->path != PATH_PENDING)
+			continue;
+		reason[0] = '\0';
+		rc = detect(j, p, reason, sizeof(reason));
+		if (rc == SONDE_DECLINE && proc_age_ms(p->pid) < STARTUP_MS)
+			rc = -EAGAIN; /* read while libjvm.so was still being loaded */
+		if (rc == -EAGAIN && ++p->tries < PENDING_TRIES)
+			continue;
+		if (rc == -EAGAIN && reason[0])
+			rc = SONDE_DECLINE;
+		if (rc == -EAGAIN)
+			snprintf(reason, sizeof(reason), "%s",
+				 p->libjvm[0] ? "the code cache did not come up"
+					      : "no libjvm.so mapped after start-up");
+		if (!rc)
+			rc = start_perfmap(j, p);
+		if (!rc)
+			continue;
+		if (rc < 0 && !reason[0])
+			snprintf(reason, sizeof(reason), "%s", strerror(-rc));
+		p->path = PATH_DECLINED;
+		pthread_mutex_lock(&j->lock);
+		j->declined++;
+		pthread_mutex_unlock(&j->lock);
+		j->api->log(j->host, SONDE_PLUGIN_LOG_WARN,
+			    "pid %u: declined after attach: %s (native stacks only)", p->pid,
+			    reason);
+	}
+}
+
+/* Forgets pid: its tables, its walker entry. */
+static void forget(struct jvm *j, uint32_t pid)
+{
+	struct proc **pp, *p;
+
+	bpf_map_delete_elem(bpf_map__fd(j->skel->maps.jvm_procs), &pid);
+	pthread_mutex_lock(&j->lock);
+	for (pp = &j->procs; (p = *pp);) {
+		if (p->pid == pid) {
+			*pp = p->next;
+			free_proc(p);
+		} else {
+			pp = &p->next;
+		}
+	}
+	pthread_mutex_unlock(&j->lock);
+}
+
+static void jvm_detach(void *state, uint32_t pid)
+{
+	forget(state, pid);
+}
+
+/* A process offered at exec has no libjvm.so yet: a java launcher is kept
+ * pending, anything else is not a JVM. */
+static bool looks_like_launcher(const struct sonde_plugin_process *proc)
+{
+	const char *base = proc->exe ? strrchr(proc->exe, '/') : NULL;
+
+	return base && !strcmp(base + 1, "java");
+}
+
+static int jvm_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
+		      size_t reasonlen)
+{
+	struct jvm *j = state;
+	struct proc *p = calloc(1, sizeof(*p));
+	int rc;
+
+	if (!p)
+		return -ENOMEM;
+	p->pid = proc->pid;
+	read_ids(p);
+	rc = detect(j, p, reason, reasonlen);
+	if (rc == -EAGAIN && !p->libjvm[0] && !looks_like_launcher(proc)) {
+		snprintf(reason, reasonlen, "not a JVM: no libjvm.so mapped");
+		rc = SONDE_DECLINE;
+	} else if (rc == SONDE_DECLINE && looks_like_launcher(proc) &&
+		   proc_age_ms(proc->pid) < STARTUP_MS) {
+		/* Offered while the launcher loads libjvm.so: what we read may be
+		 * half there. The timer reads again; a JVM still unreadable when
+		 * grown up is declined then, in the log and the metrics. */
+		j->api->log(j->host, SONDE_PLUGIN_LOG_DEBUG, "pid %u: not readable yet: %s",
+			    proc->pid, reason);
+		rc = -EAGAIN;
+	}
+	if (rc > 0 || (rc < 0 && rc != -EAGAIN)) {
+		if (rc > 0 && p->libjvm[0]) {
+			pthread_mutex_lock(&j->lock);
+			j->declined++;
+			pthread_mutex_unlock(&j->lock);
+			j->api->log(j->host, SONDE_PLUGIN_LOG_INFO, "pid %u: declined: %s",
+				    proc->pid, reason);
+		}
+		free_proc(p);
+		return rc;
+	}
+	forget(j, p->pid); /* a re-offer replaces the old state */
+	pthread_mutex_lock(&j->lock);
+	p->next = j->procs;
+	j->procs = p;
+	pthread_mutex_unlock(&j->lock);
+	if (rc == -EAGAIN) {
+		j->api->log(j->host, SONDE_PLUGIN_LOG_DEBUG, "pid %u: waiting for the JVM to start",
+			    p->pid);
+		return 0;
+	}
+	rc = start_perfmap(j, p);
+	if (rc) {
+		snprintf(reason, reasonlen, "jvm_procs: %s", strerror(-rc));
+		forget(j, proc->pid);
+	}
+	return rc;
+}
+
+static const char *const error_names[JVM_ERR__COUNT] = {
+	[JVM_ERR_NO_PROC] = "no_code_cache", [JVM_ERR_USTACK] = "ustack",
+	[JVM_ERR_TRUNCATED] = "truncated",   [JVM_ERR_UNNAMED] = "unnamed_pc",
+	[JVM_ERR_ATTACH] = "attach",	     [JVM_ERR_PERFMAP] = "perfmap_read",
+};
+
+static int jvm_write_metrics(void *state, FILE *out)
+{
+	struct jvm *j = state;
+	int ncpu = libbpf_num_possible_cpus();
+	uint64_t *vals, paths[PATH__COUNT] = {0}, user[JVM_ERR__COUNT] = {0};
+	struct proc *p;
+	uint32_t r;
+
+	if (ncpu <= 0)
+		return ncpu ? ncpu : -EINVAL;
+	vals = calloc((size_t)ncpu, sizeof(*vals));
+	if (!vals)
+		return -ENOMEM;
+	pthread_mutex_lock(&j->lock);
+	for (p = j->procs; p; p = p->next)
+		if (p->path != PATH_DECLINED)
+			paths[p->path]++;
+	paths[PATH_DECLINED] = j->declined;
+	user[JVM_ERR_UNNAMED] = j->unnamed;
+	user[JVM_ERR_ATTACH] = j->attach_errors;
+	user[JVM_ERR_PERFMAP] = j->perfmap_errors;
+	pthread_mutex_unlock(&j->lock);
+	fprintf(out, "# HELP sonde_unwind_jvm_processes JVMs by the path they got: perfmap and "
+		     "pending now, declined since start.\n"
+		     "# TYPE sonde_unwind_jvm_processes gauge\n");
+	for (r = 0; r < PATH__COUNT; r++)
+		fprintf(out, "sonde_unwind_jvm_processes{path=\"%s\"} %" PRIu64 "\n", path_names[r],
+			paths[r]);
+	fprintf(out, "# HELP sonde_unwind_jvm_errors_total JVM stacks not fully unwound or "
+		     "frames not named, by reason.\n"
+		     "# TYPE sonde_unwind_jvm_errors_total counter\n");
+	for (r = 0; r < JVM_ERR__COUNT; r++) {
+		uint64_t sum = 0;
+		int c;
+
+		if (r < JVM_ERR__BPF) {
+			if (!bpf_map_lookup_elem(bpf_map__fd(j->skel->maps.jvm_errors), &r, vals))
+				for (c = 0; c < ncpu; c++)
+					sum += vals[c];
+		} else {
+			sum = user[r];
+		}
+		fprintf(out, "sonde_unwind_jvm_errors_total{reason=\"%s\"} %" PRIu64 "\n",
+			error_names[r], sum);
+	}
+	free(vals);
+	return 0;
+}
+
+static int reuse(const struct sonde_host_api *api, struct sonde_host *host, struct bpf_map *map,
+		 const char *name)
+{
+	int fd = api->map_fd(host, name);
+
+	return fd < 0 ? fd : bpf_map__reuse_fd(map, fd);
+}
+
+static void jvm_fini(void *state);
+
+static void *jvm_init(const struct sonde_host_api *api, struct sonde_host *host,
+		      const void *settings, char *err, size_t errlen)
+{
+	struct jvm *j = calloc(1, sizeof(*j));
+	int kind, rc, slot;
+
+	if (!j) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	j->api = api;
+	j->host = host;
+	pthread_mutex_init(&j->lock, NULL);
+	pthread_cond_init(&j->wake, NULL);
+	j->set.perfmap_interval_ms = 2000;
+	if (settings)
+		memcpy(&j->set, settings, sizeof(j->set));
+	if (j->set.perfmap_interval_ms < 100) {
+		snprintf(err, errlen, "perfmap_interval_ms must be at least 100");
+		goto fail;
+	}
+	kind = api->register_frame_kind(host, "jvm", jvm_symbolize);
+	j->skel = jvm_bpf__open();
+	if (kind < 0 || !j->skel) {
+		snprintf(err, errlen, "cannot open the unwinder (%s)",
+			 strerror(kind < 0 ? -kind : errno));
+		goto fail;
+	}
+	j->skel->rodata->jvm_kind = (uint64_t)kind;
+	rc = reuse(api, host, j->skel->maps.scratch, "scratch");
+	if (!rc)
+		rc = reuse(api, host, j->skel->maps.stats, "stats");
+	if (!rc)
+		rc = reuse(api, host, j->skel->maps.events, "events");
+	if (!rc)
+		rc = jvm_bpf__load(j->skel);
+	if (rc) {
+		snprintf(err, errlen, "cannot load the unwinder: %s", strerror(-rc));
+		goto fail;
+	}
+	slot = api->register_unwinder(host, "jvm", bpf_program__fd(j->skel->progs.unwind_jvm));
+	if (slot < 0) {
+		snprintf(err, errlen, "no unwinder slot: %s", strerror(-slot));
+		goto fail;
+	}
+	rc = pthread_create(&j->worker, NULL, worker_main, j);
+	if (rc) {
+		snprintf(err, errlen, "cannot start the attach thread: %s", strerror(rc));
+		goto fail;
+	}
+	j->worker_started = true;
+	j->timer = api->add_timer(host, TICK_MS, TICK_MS, jvm_tick, j);
+	if (!j->timer) {
+		snprintf(err, errlen, "cannot add a timer");
+		goto fail;
+	}
+	api->log(host, SONDE_PLUGIN_LOG_INFO, "frame kind %d, unwinder slot %d", kind, slot);
+	return j;
+fail:
+	jvm_fini(j);
+	return NULL;
+}
+
+static void jvm_fini(void *state)
+{
+	struct jvm *j = state;
+	struct proc *p;
+	struct job *jb;
+	size_t b;
+
+	if (!j)
+		return;
+	if (j->timer)
+		j->api->cancel_timer(j->host, j->timer);
+	if (j->worker_started) {
+		pthread_mutex_lock(&j->lock);
+		j->stopping = true;
+		pthread_cond_signal(&j->wake);
+		pthread_mutex_unlock(&j->lock);
+		pthread_join(j->worker, NULL);
+	}
+	jvm_bpf__destroy(j->skel);
+	while ((jb = j->jobs)) {
+		j->jobs = jb->next;
+		free(jb);
+	}
+	while ((p = j->procs)) {
+		j->procs = p->next;
+		free_proc(p);
+	}
+	for (b = 0; b < NBUCKETS; b++) {
+		struct interned *s;
+
+		while ((s = j->strings[b])) {
+			j->strings[b] = s->next;
+			free(s);
+		}
+	}
+	pthread_cond_destroy(&j->wake);
+	pthread_mutex_destroy(&j->lock);
+	free(j);
+}
+
+static const struct sonde_plugin_setting jvm_settings[] = {
+	{SONDE_SETTING_INT, "perfmap_interval_ms", "2000",
+	 offsetof(struct settings, perfmap_interval_ms),
+	 "how often a JVM on the perfmap path is asked for a fresh perf map"},
+	{SONDE_SETTING_END, NULL, NULL, 0, NULL},
+};
+
+const struct sonde_plugin sonde_plugin = {
+	.magic = SONDE_PLUGIN_MAGIC,
+	.abi_major = SONDE_PLUGIN_ABI_MAJOR,
+	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
+	.size = sizeof(struct sonde_plugin),
+	.name = "unwind-jvm",
+	.version = "0.1",
+	.description = "HotSpot JVM frames (Java methods from the JVM's perf map) in the stacks",
+	.settings = jvm_settings,
+	.settings_size = sizeof(struct settings),
+	.init = jvm_init,
+	.fini = jvm_fini,
+	.attach_process = jvm_attach,
+	.detach_process = jvm_detach,
+	.write_metrics = jvm_write_metrics,
+};
