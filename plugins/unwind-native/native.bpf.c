@@ -59,19 +59,26 @@ const volatile __u32 row_search_steps = 24;
 struct walk {
 	struct sonde_sample *s;
 	struct sonde_unw_proc *proc;
+	struct sonde_unw_mapping *m; /* the last frame's: callers are often in it too */
 	__u64 pc, sp, bp;
 	__u32 k;   /* index of the next frame in s->frames */
 	__u32 n;   /* user frames written */
 	__u32 end; /* the enum sonde_unw_stat that ended the walk */
 	__u32 tgid;
+	__u32 cfi, fp; /* frames stepped each way, counted once at the end */
 };
 
-static __always_inline void stat_inc(__u32 stat)
+static __always_inline void stat_add(__u32 stat, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&unw_stats, &stat);
 
 	if (v)
-		*v += 1;
+		*v += n;
+}
+
+static __always_inline void stat_inc(__u32 stat)
+{
+	stat_add(stat, 1);
 }
 
 /* Binary searches run as bpf_loop callbacks: the verifier checks one step
@@ -152,7 +159,7 @@ static __always_inline int step_fp(struct walk *w)
 	w->sp = w->bp + 16;
 	w->bp = frame[0];
 	w->pc = frame[1];
-	stat_inc(SONDE_UNW_FRAMES_FP);
+	w->fp++;
 	return 0;
 }
 
@@ -189,7 +196,11 @@ static __always_inline int step(struct walk *w, __u32 i)
 	w->k = k + 1;
 	w->n++;
 
-	m = find_mapping(w->proc, w->pc);
+	m = w->m;
+	if (!m || w->pc < m->start || w->pc >= m->end) {
+		m = find_mapping(w->proc, w->pc);
+		w->m = m;
+	}
 	if (!m) {
 		__u64 now = bpf_ktime_get_ns();
 
@@ -216,7 +227,7 @@ static __always_inline int step(struct walk *w, __u32 i)
 	case SONDE_UNW_CFA_OUTERMOST:
 		return SONDE_UNW_END_OUTERMOST;
 	case SONDE_UNW_CFA_SIGNAL:
-		stat_inc(SONDE_UNW_FRAMES_CFI);
+		w->cfi++;
 		return step_signal(w);
 	default:
 		return SONDE_UNW_STOP_UNSUPPORTED;
@@ -230,7 +241,7 @@ static __always_inline int step(struct walk *w, __u32 i)
 		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)(cfa + off)))
 			return SONDE_UNW_STOP_READ_FAILED;
 	}
-	stat_inc(SONDE_UNW_FRAMES_CFI);
+	w->cfi++;
 	if (!ra)
 		return SONDE_UNW_END_ZERO_RA;
 	w->pc = ra;
@@ -254,6 +265,7 @@ int unwind_native(struct bpf_perf_event_data *ctx)
 {
 	struct sonde_sample *s = sonde_scratch();
 	struct walk w = {0};
+	__u64 t0;
 
 	if (!s)
 		return 0;
@@ -291,8 +303,14 @@ int unwind_native(struct bpf_perf_event_data *ctx)
 		return sonde_unwind_fp(ctx, s);
 	}
 	w.end = SONDE_UNW_STOP_FRAME_LIMIT;
+	/* the walk's own cost, for bench/unwind-native: bpf_stats only see
+	 * the core's program, every process's samples mixed */
+	t0 = bpf_ktime_get_ns();
 	bpf_loop(SONDE_MAX_USTACK, step_cb, &w, 0);
 	stat_inc(w.end);
+	stat_add(SONDE_UNW_FRAMES_CFI, w.cfi);
+	stat_add(SONDE_UNW_FRAMES_FP, w.fp);
+	stat_add(SONDE_UNW_WALK_NS, bpf_ktime_get_ns() - t0);
 	s->ustack_len = w.n;
 	if (w.end == SONDE_UNW_STOP_FRAME_LIMIT) {
 		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;

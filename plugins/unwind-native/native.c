@@ -11,23 +11,38 @@
  * libraries yet when the process was attached, or a dlopen), it asks for a
  * rescan, which a timer here serves.
  *
- * Tables are built on the loop thread, at attach and rescan time: libc's
- * 28k rows take 5-15 ms, small enough for now; a worker thread and an
- * on-disk cache are for when libjvm-sized files come.
+ * Tables are built off the loop thread: libjvm's take ~120 ms, and the
+ * loop must not block. attach_process (and a rescan) only reads the maps
+ * and each file's build-id, then queues the files without a table for the
+ * plugin's one worker thread, which reads the table from the on-disk cache
+ * (cache_dir, one file per build-id) or builds it and saves it there. Done
+ * jobs come back to the loop through an eventfd the host watches; the loop
+ * copies their rows into the table space, and a process whose tables are
+ * all ready gets its mappings into unw_procs then. Until that moment the
+ * walker finds no entry for the process and walks it with frame pointers
+ * (counted as no_process_table), so its first samples are the same as
+ * without the plugin, never wrong. The worker touches nothing but its job:
+ * tables, processes and the BPF maps are the loop's alone.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <gelf.h>
 #include <libelf.h>
 #include <sonde/plugin.h>
 
@@ -42,6 +57,7 @@
 struct settings {
 	int64_t max_rows;
 	int64_t max_processes;
+	const char *cache_dir;
 };
 
 /* One ELF file's table, by key. rows == 0 with err set: the build failed
@@ -53,8 +69,25 @@ struct table {
 	uint32_t first, rows;
 	int refs;
 	int err;
+	bool ready;  /* false while the worker has its job */
+	bool cached; /* its rows came from the disk cache */
 	struct sonde_unw_table_stats stats;
 };
+
+/* A table for the worker to get. The worker reads fd and writes the result
+ * fields; everything else is the loop's. */
+struct job {
+	struct job *next;
+	struct table *table; /* carried back, never touched by the worker */
+	int fd;		     /* the ELF file; the worker closes it */
+	char key[KEY_LEN];
+	struct sonde_unw_table *built; /* result: NULL with err */
+	int err;
+	bool from_cache, cache_invalid;
+	int save_err;
+};
+
+struct scan;
 
 struct proc {
 	struct proc *next;
@@ -63,6 +96,8 @@ struct proc {
 	uint64_t scanned_ns;
 	struct table **tables; /* references held */
 	size_t ntables;
+	struct scan *pending; /* its mappings, waiting for tables to be ready */
+	uint64_t pending_ns;  /* when it started waiting */
 };
 
 struct extent {
@@ -82,6 +117,19 @@ struct unw {
 	struct proc *procs;
 	void *timer;
 	uint64_t build_ns, builds, build_failures, rescans;
+	uint64_t cache_hits, cache_misses, cache_invalid, cache_write_errors;
+	size_t jobs_queued; /* sent to the worker, not back yet */
+	char *cache_dir;    /* NULL: no cache */
+
+	/* the worker; todo and done, and stop, under lock */
+	pthread_t worker;
+	bool worker_started;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	struct job *todo, **todo_tail, *done;
+	bool stop;
+	int efd; /* the worker writes it when a job is done */
+	bool efd_watched;
 };
 
 #define LOG(u, lvl, ...) (u)->api->log((u)->host, SONDE_PLUGIN_LOG_##lvl, __VA_ARGS__)
@@ -151,11 +199,14 @@ static bool evict_unused(struct unw *u)
 	bool freed = false;
 
 	while ((t = *pp)) {
-		if (t->refs || !t->rows) {
+		/* a table still with the worker has no rows yet; one that did
+		 * not fit is dropped so that a later process retries it */
+		if (t->refs || !t->ready || !(t->rows || t->err == ENOSPC)) {
 			pp = &t->next;
 			continue;
 		}
-		extent_release(u, t->first, t->rows);
+		if (t->rows)
+			extent_release(u, t->first, t->rows);
 		*pp = t->next;
 		free(t);
 		freed = true;
@@ -169,15 +220,56 @@ static void table_unref(struct table *t)
 		t->refs--;
 }
 
-/* The table for the ELF file open at fd, built and loaded on first use.
- * NULL with errno when it cannot be had; the table holds a reference. */
+/* Whether elf has the .eh_frame_hdr tables are built from: known here,
+ * without the worker, so that attach declines a process with no table at
+ * all at once. */
+static bool has_eh_frame_hdr(Elf *elf)
+{
+	GElf_Phdr ph;
+	size_t nph, i;
+
+	if (elf_getphdrnum(elf, &nph) != 0)
+		return false;
+	for (i = 0; i < nph; i++) {
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_GNU_EH_FRAME)
+			return true;
+	}
+	return false;
+}
+
+/* Hands t's file (a dup of fd) to the worker. */
+static int queue_job(struct unw *u, struct table *t, int fd)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return -ENOMEM;
+	j->table = t;
+	j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (j->fd < 0) {
+		free(j);
+		return -errno;
+	}
+	snprintf(j->key, sizeof(j->key), "%s", t->key);
+	LOG(u, DEBUG, "%s: table queued (key %s)", t->name, t->key);
+	pthread_mutex_lock(&u->lock);
+	*u->todo_tail = j;
+	u->todo_tail = &j->next;
+	pthread_cond_signal(&u->wake);
+	pthread_mutex_unlock(&u->lock);
+	u->jobs_queued++;
+	return 0;
+}
+
+/* The table for the ELF file open at fd: known (ready or on its way), or
+ * queued for the worker now. NULL with errno when there is none to have
+ * (ENODATA: no .eh_frame_hdr; a failed build's error); the returned table
+ * holds a reference. */
 static struct table *table_get(struct unw *u, Elf *elf, int fd, const char *path)
 {
 	const char *base = strrchr(path, '/');
-	struct sonde_unw_table *built;
 	char key[KEY_LEN];
 	struct table *t;
-	uint32_t start;
 	int err;
 
 	err = sonde_unw_elf_key(elf, fd, key, sizeof(key));
@@ -189,53 +281,137 @@ static struct table *table_get(struct unw *u, Elf *elf, int fd, const char *path
 		if (strcmp(t->key, key) == 0)
 			goto found;
 	}
+	if (!has_eh_frame_hdr(elf)) {
+		errno = ENODATA;
+		return NULL;
+	}
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return NULL;
 	snprintf(t->key, sizeof(t->key), "%s", key);
 	snprintf(t->name, sizeof(t->name), "%s", base ? base + 1 : path);
-	built = sonde_unw_table__build(elf);
-	if (!built) {
-		t->err = errno;
-		u->build_failures++;
-		LOG(u, DEBUG, "%s: no unwind table: %s", path, strerror(t->err));
-	} else {
-		t->stats = built->stats;
-		u->build_ns += built->stats.build_ns;
-		u->builds++;
-		err = built->nrows > u->max_rows ? -ENOSPC
-						 : extent_alloc(u, (uint32_t)built->nrows, &start);
-		if (err == -ENOSPC && evict_unused(u))
-			err = extent_alloc(u, (uint32_t)built->nrows, &start);
-		if (err) {
-			/* not remembered: space may free up for the next process */
-			LOG(u, WARN,
-			    "%s: its %zu rows do not fit the table space (%u of %u rows used)",
-			    path, built->nrows, u->used_rows, u->max_rows);
-			sonde_unw_table__free(built);
-			free(t);
-			errno = ENOSPC;
-			return NULL;
-		} else {
-			memcpy(&u->rows[start], built->rows, built->nrows * sizeof(built->rows[0]));
-			t->first = start;
-			t->rows = (uint32_t)built->nrows;
-			LOG(u, INFO,
-			    "%s: %u rows (%zu unsupported, %zu plt) from %zu FDEs in %.1f ms",
-			    t->name, t->rows, t->stats.unsupported, t->stats.plt, t->stats.fdes,
-			    (double)t->stats.build_ns / 1e6);
-		}
-		sonde_unw_table__free(built);
+	err = queue_job(u, t, fd);
+	if (err) {
+		free(t);
+		errno = -err;
+		return NULL;
 	}
 	t->next = u->tables;
 	u->tables = t;
 found:
-	if (t->err && t->err != ENODATA) {
+	if (t->ready && t->err) {
 		errno = t->err;
 		return NULL;
 	}
 	t->refs++;
-	return t; /* ENODATA: a table of no rows, the walker tries rbp there */
+	return t;
+}
+
+/* A job back from the worker: its rows into the table space. */
+static void finish_job(struct unw *u, struct job *j)
+{
+	struct sonde_unw_table *b = j->built;
+	struct table *t = j->table;
+	uint32_t start;
+	int err;
+
+	u->jobs_queued--;
+	t->ready = true;
+	if (j->cache_invalid) {
+		u->cache_invalid++;
+		LOG(u, WARN,
+		    "%s: its cache file is truncated, corrupt or of another version: rebuilt",
+		    t->name);
+	}
+	if (j->save_err) {
+		u->cache_write_errors++;
+		LOG(u, WARN, "%s: cannot write its table to %s: %s", t->name, u->cache_dir,
+		    strerror(-j->save_err));
+	}
+	if (!b) {
+		t->err = j->err ? j->err : EINVAL;
+		u->build_failures++;
+		LOG(u, DEBUG, "%s: no unwind table: %s", t->name, strerror(t->err));
+		return;
+	}
+	t->stats = b->stats;
+	t->cached = j->from_cache;
+	if (j->from_cache) {
+		u->cache_hits++;
+	} else {
+		u->builds++;
+		u->build_ns += b->stats.build_ns;
+		u->cache_misses += u->cache_dir != NULL;
+	}
+	err = b->nrows > u->max_rows ? -ENOSPC : extent_alloc(u, (uint32_t)b->nrows, &start);
+	if (err == -ENOSPC && evict_unused(u))
+		err = extent_alloc(u, (uint32_t)b->nrows, &start);
+	if (err) {
+		t->err = ENOSPC;
+		LOG(u, WARN, "%s: its %zu rows do not fit the table space (%u of %u rows used)",
+		    t->name, b->nrows, u->used_rows, u->max_rows);
+		return;
+	}
+	memcpy(&u->rows[start], b->rows, b->nrows * sizeof(b->rows[0]));
+	t->first = start;
+	t->rows = (uint32_t)b->nrows;
+	LOG(u, INFO, "%s: %u rows (%zu unsupported, %zu plt) from %zu FDEs %s %.1f ms", t->name,
+	    t->rows, t->stats.unsupported, t->stats.plt, t->stats.fdes,
+	    j->from_cache ? "from the cache, built once in" : "in",
+	    (double)t->stats.build_ns / 1e6);
+}
+
+/* The worker's part of a job: the cache, else a build (then saved). */
+static void run_job(const struct unw *u, struct job *j)
+{
+	Elf *elf;
+
+	if (u->cache_dir) {
+		j->built = sonde_unw_cache__load(u->cache_dir, j->key);
+		if (j->built) {
+			j->from_cache = true;
+			goto out;
+		}
+		j->cache_invalid = errno == EBADMSG;
+	}
+	elf = elf_begin(j->fd, ELF_C_READ_MMAP, NULL);
+	j->built = elf ? sonde_unw_table__build(elf) : NULL;
+	j->err = j->built ? 0 : elf ? errno : EINVAL;
+	elf_end(elf);
+	if (j->built && u->cache_dir && strncmp(j->key, "b:", 2) == 0)
+		j->save_err = sonde_unw_cache__save(u->cache_dir, j->key, j->built);
+out:
+	close(j->fd);
+	j->fd = -1;
+}
+
+static void *worker_main(void *arg)
+{
+	struct unw *u = arg;
+	uint64_t one = 1;
+	struct job *j;
+
+	pthread_mutex_lock(&u->lock);
+	for (;;) {
+		while (!u->stop && !u->todo)
+			pthread_cond_wait(&u->wake, &u->lock);
+		if (u->stop)
+			break;
+		j = u->todo;
+		u->todo = j->next;
+		if (!u->todo)
+			u->todo_tail = &u->todo;
+		pthread_mutex_unlock(&u->lock);
+		run_job(u, j);
+		pthread_mutex_lock(&u->lock);
+		j->next = u->done;
+		u->done = j;
+		/* fails only when the counter would overflow: readable anyway */
+		if (write(u->efd, &one, sizeof(one)) < 0)
+			(void)0;
+	}
+	pthread_mutex_unlock(&u->lock);
+	return NULL;
 }
 
 static uint64_t fnv(uint64_t h, const char *s)
@@ -253,8 +429,9 @@ static int cmp_mapping(const void *a, const void *b)
 }
 
 struct scan {
-	struct sonde_unw_proc val;
-	struct table *tables[SONDE_UNW_MAX_MAPPINGS];
+	struct sonde_unw_proc val;		      /* first and rows filled at install time */
+	struct table *mtab[SONDE_UNW_MAX_MAPPINGS];   /* each mapping's table, or NULL */
+	struct table *tables[SONDE_UNW_MAX_MAPPINGS]; /* the references held */
 	size_t ntables, with_rows;
 	uint64_t hash;
 };
@@ -286,9 +463,8 @@ static void add_mapping(struct unw *u, uint32_t pid, struct scan *sc, uint64_t s
 	if (!t)
 		goto cleanup;
 	sc->tables[sc->ntables++] = t;
-	m->first = t->first;
-	m->rows = t->rows;
-	sc->with_rows += t->rows > 0;
+	sc->mtab[sc->val.nmappings - 1] = t;
+	sc->with_rows += t->rows > 0 || !t->ready;
 cleanup:
 	elf_end(elf);
 	close(fd);
@@ -335,7 +511,6 @@ static int scan_maps(struct unw *u, uint32_t pid, struct scan *sc, char *reason,
 			 u->used_rows + 1024 > u->max_rows ? " or the table space is full" : "");
 		goto decline;
 	}
-	qsort(sc->val.mappings, sc->val.nmappings, sizeof(sc->val.mappings[0]), cmp_mapping);
 	return 0;
 decline:
 	for (i = 0; i < sc->ntables; i++)
@@ -357,7 +532,36 @@ static struct proc *find_proc(struct unw *u, uint32_t pid, struct proc ***where)
 	return *pp;
 }
 
-/* Puts sc in the BPF map and in p, dropping p's old references. */
+static void free_scan(struct scan *sc)
+{
+	size_t i;
+
+	if (!sc)
+		return;
+	for (i = 0; i < sc->ntables; i++)
+		table_unref(sc->tables[i]);
+	free(sc);
+}
+
+static void drop_pending(struct proc *p)
+{
+	free_scan(p->pending);
+	p->pending = NULL;
+}
+
+static bool scan_ready(const struct scan *sc)
+{
+	size_t i;
+
+	for (i = 0; i < sc->ntables; i++) {
+		if (!sc->tables[i]->ready)
+			return false;
+	}
+	return true;
+}
+
+/* Puts sc in the BPF map and in p, dropping p's old references; on success
+ * sc's references are p's. */
 static int install(struct unw *u, struct proc *p, struct scan *sc)
 {
 	struct table **tables = malloc((sc->ntables ? sc->ntables : 1) * sizeof(*tables));
@@ -366,6 +570,15 @@ static int install(struct unw *u, struct proc *p, struct scan *sc)
 
 	if (!tables)
 		return -ENOMEM;
+	for (i = 0; i < sc->val.nmappings; i++) {
+		const struct table *t = sc->mtab[i];
+
+		if (t && t->rows) {
+			sc->val.mappings[i].first = t->first;
+			sc->val.mappings[i].rows = t->rows;
+		}
+	}
+	qsort(sc->val.mappings, sc->val.nmappings, sizeof(sc->val.mappings[0]), cmp_mapping);
 	err = bpf_map__update_elem(u->skel->maps.unw_procs, &p->pid, sizeof(p->pid), &sc->val,
 				   sizeof(sc->val), BPF_ANY);
 	if (err) {
@@ -380,7 +593,36 @@ static int install(struct unw *u, struct proc *p, struct scan *sc)
 	p->ntables = sc->ntables;
 	p->maps_hash = sc->hash;
 	p->scanned_ns = now_ns();
+	sc->ntables = 0;
 	return 0;
+}
+
+/* Installs sc now if its tables are all ready, or keeps it in p until they
+ * are (p keeps its current mappings meanwhile). Consumes sc. 0 or -errno. */
+static int settle(struct unw *u, struct proc *p, struct scan *sc)
+{
+	int err;
+
+	drop_pending(p);
+	if (!scan_ready(sc)) {
+		p->pending = sc;
+		p->pending_ns = now_ns();
+		return 0;
+	}
+	err = install(u, p, sc);
+	free_scan(sc);
+	return err;
+}
+
+static void free_proc(struct proc *p)
+{
+	size_t i;
+
+	for (i = 0; i < p->ntables; i++)
+		table_unref(p->tables[i]);
+	free(p->tables);
+	drop_pending(p);
+	free(p);
 }
 
 static int native_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
@@ -389,41 +631,37 @@ static int native_attach(void *state, const struct sonde_plugin_process *proc, c
 	struct unw *u = state;
 	struct proc *p, **where;
 	struct scan *sc;
-	size_t i;
 	int rc;
 
 	sc = malloc(sizeof(*sc));
 	if (!sc)
 		return -ENOMEM;
 	rc = scan_maps(u, proc->pid, sc, reason, reasonlen);
-	if (rc)
-		goto cleanup;
+	if (rc) {
+		free(sc);
+		return rc;
+	}
 	p = find_proc(u, proc->pid, &where);
 	if (!p) {
 		p = calloc(1, sizeof(*p));
 		if (!p) {
-			rc = -ENOMEM;
-			goto cleanup;
+			free_scan(sc);
+			return -ENOMEM;
 		}
 		p->pid = proc->pid;
 		*where = p;
 	}
-	rc = install(u, p, sc);
+	LOG(u, DEBUG, "pid %u: %u executable mappings, %zu with tables", proc->pid,
+	    sc->val.nmappings, sc->with_rows);
+	rc = settle(u, p, sc);
 	if (rc) {
 		snprintf(reason, reasonlen, "cannot store its mappings: %s%s", strerror(-rc),
 			 rc == -E2BIG ? " (max_processes reached)" : "");
-		*where = p->next;
-		free(p->tables);
-		free(p);
-		goto cleanup;
+		if (!p->ntables) {
+			*where = p->next;
+			free_proc(p);
+		}
 	}
-	sc->ntables = 0; /* the references are p's now */
-	LOG(u, DEBUG, "pid %u: %u executable mappings, %zu with tables", proc->pid,
-	    sc->val.nmappings, sc->with_rows);
-cleanup:
-	for (i = 0; i < sc->ntables; i++)
-		table_unref(sc->tables[i]);
-	free(sc);
 	return rc;
 }
 
@@ -431,17 +669,54 @@ static void native_detach(void *state, uint32_t pid)
 {
 	struct unw *u = state;
 	struct proc *p, **where;
-	size_t i;
 
 	p = find_proc(u, pid, &where);
 	if (!p)
 		return;
 	bpf_map__delete_elem(u->skel->maps.unw_procs, &pid, sizeof(pid), 0);
 	*where = p->next;
-	for (i = 0; i < p->ntables; i++)
-		table_unref(p->tables[i]);
-	free(p->tables);
-	free(p);
+	free_proc(p);
+}
+
+/* The worker finished jobs: their tables into the table space, then the
+ * processes whose tables are now all ready into unw_procs. */
+static void on_jobs_done(void *ctx, int fd, uint32_t revents)
+{
+	struct unw *u = ctx;
+	struct job *list, *j;
+	struct proc *p;
+	uint64_t n;
+
+	(void)revents;
+	if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+		LOG(u, WARN, "reading the worker's eventfd: %s", strerror(errno));
+	pthread_mutex_lock(&u->lock);
+	list = u->done;
+	u->done = NULL;
+	pthread_mutex_unlock(&u->lock);
+	while ((j = list)) {
+		list = j->next;
+		finish_job(u, j);
+		sonde_unw_table__free(j->built);
+		free(j);
+	}
+	for (p = u->procs; p; p = p->next) {
+		struct scan *sc = p->pending;
+		uint64_t waited;
+		int err;
+
+		if (!sc || !scan_ready(sc))
+			continue;
+		p->pending = NULL;
+		waited = now_ns() - p->pending_ns;
+		err = settle(u, p, sc);
+		if (err)
+			LOG(u, WARN, "pid %u: cannot store its mappings: %s", p->pid,
+			    strerror(-err));
+		else
+			LOG(u, DEBUG, "pid %u: tables ready after %.1f ms", p->pid,
+			    (double)waited / 1e6);
+	}
 }
 
 /* Serves the walker's rescan requests: a process whose executable mappings
@@ -450,7 +725,7 @@ static void rescan_timer(void *ctx)
 {
 	struct unw *u = ctx;
 	uint32_t pids[64], key, next;
-	size_t n = 0, i, j;
+	size_t n = 0, i;
 	int fd = bpf_map__fd(u->skel->maps.unw_rescan);
 	char reason[128];
 	struct scan *sc;
@@ -462,23 +737,26 @@ static void rescan_timer(void *ctx)
 	}
 	if (!n)
 		return;
-	sc = malloc(sizeof(*sc));
 	for (i = 0; i < n; i++) {
 		struct proc *p = find_proc(u, pids[i], NULL);
 
 		if (p && now_ns() - p->scanned_ns < RESCAN_MIN_GAP_NS)
 			continue; /* asked again soon enough if still needed */
 		bpf_map_delete_elem(fd, &pids[i]);
-		if (!p || !sc || scan_maps(u, p->pid, sc, reason, sizeof(reason)))
-			continue; /* gone, or nothing usable any more: keep the old list */
-		u->rescans++;
-		if (sc->hash == p->maps_hash || install(u, p, sc)) {
-			for (j = 0; j < sc->ntables; j++)
-				table_unref(sc->tables[j]);
-			p->scanned_ns = now_ns();
+		if (!p || p->pending)
+			continue; /* gone, or new mappings already on their way */
+		sc = malloc(sizeof(*sc));
+		if (!sc || scan_maps(u, p->pid, sc, reason, sizeof(reason))) {
+			free(sc);
+			continue; /* nothing usable any more: keep the old list */
 		}
+		u->rescans++;
+		p->scanned_ns = now_ns();
+		if (sc->hash == p->maps_hash)
+			free_scan(sc);
+		else
+			settle(u, p, sc);
 	}
-	free(sc);
 }
 
 static const char *const stat_names[SONDE_UNW_STAT__COUNT] = {
@@ -495,6 +773,7 @@ static const char *const stat_names[SONDE_UNW_STAT__COUNT] = {
 	[SONDE_UNW_FRAMES_CFI] = "cfi",
 	[SONDE_UNW_FRAMES_FP] = "frame_pointer",
 	[SONDE_UNW_RESCAN_REQUESTS] = "rescan_requests",
+	[SONDE_UNW_WALK_NS] = "walk_ns",
 };
 
 static int native_metrics(void *state, FILE *out)
@@ -502,8 +781,9 @@ static int native_metrics(void *state, FILE *out)
 	struct unw *u = state;
 	int ncpu = libbpf_num_possible_cpus(), fd = bpf_map__fd(u->skel->maps.unw_stats);
 	uint64_t sums[SONDE_UNW_STAT__COUNT] = {0}, *vals;
-	size_t nunsupported = 0, ntables = 0;
+	size_t nunsupported = 0, ntables = 0, attached = 0, waiting = 0;
 	struct table *t;
+	struct proc *p;
 	uint32_t i;
 	int c;
 
@@ -523,6 +803,10 @@ static int native_metrics(void *state, FILE *out)
 		ntables += t->rows > 0;
 		nunsupported += t->rows ? t->stats.unsupported : 0;
 	}
+	for (p = u->procs; p; p = p->next) {
+		attached += p->ntables > 0;
+		waiting += p->pending && !p->ntables;
+	}
 	fprintf(out, "# HELP sonde_unwind_native_stops_total DWARF stack walks that ended before "
 		     "the outermost frame, by reason.\n"
 		     "# TYPE sonde_unwind_native_stops_total counter\n");
@@ -541,6 +825,12 @@ static int native_metrics(void *state, FILE *out)
 		"sonde_unwind_native_frames_total{method=\"cfi\"} %" PRIu64 "\n"
 		"sonde_unwind_native_frames_total{method=\"frame_pointer\"} %" PRIu64 "\n",
 		sums[SONDE_UNW_FRAMES_CFI], sums[SONDE_UNW_FRAMES_FP]);
+	fprintf(out,
+		"# HELP sonde_unwind_native_walk_seconds_total BPF time spent in table walks "
+		"(the walk alone: not the sample's emission, nor the core's part).\n"
+		"# TYPE sonde_unwind_native_walk_seconds_total counter\n"
+		"sonde_unwind_native_walk_seconds_total %.9f\n",
+		(double)sums[SONDE_UNW_WALK_NS] / 1e9);
 	fprintf(out,
 		"# HELP sonde_unwind_native_rescans_total Rescans of a process's mappings "
 		"after the walker met an unknown pc.\n"
@@ -568,9 +858,28 @@ static int native_metrics(void *state, FILE *out)
 		"sonde_unwind_native_table_builds_total{result=\"failed\"} %" PRIu64 "\n"
 		"# HELP sonde_unwind_native_table_build_seconds_total Time spent building tables.\n"
 		"# TYPE sonde_unwind_native_table_build_seconds_total counter\n"
-		"sonde_unwind_native_table_build_seconds_total %.6f\n",
+		"sonde_unwind_native_table_build_seconds_total %.6f\n"
+		"# HELP sonde_unwind_native_table_builds_pending Tables with the worker thread.\n"
+		"# TYPE sonde_unwind_native_table_builds_pending gauge\n"
+		"sonde_unwind_native_table_builds_pending %zu\n"
+		"# HELP sonde_unwind_native_table_cache_total Lookups of the on-disk table cache "
+		"(setting cache_dir); invalid: a truncated, corrupt or old file, rebuilt.\n"
+		"# TYPE sonde_unwind_native_table_cache_total counter\n"
+		"sonde_unwind_native_table_cache_total{result=\"hit\"} %" PRIu64 "\n"
+		"sonde_unwind_native_table_cache_total{result=\"miss\"} %" PRIu64 "\n"
+		"sonde_unwind_native_table_cache_total{result=\"invalid\"} %" PRIu64 "\n"
+		"# HELP sonde_unwind_native_table_cache_write_errors_total Tables that could not "
+		"be saved to the cache.\n"
+		"# TYPE sonde_unwind_native_table_cache_write_errors_total counter\n"
+		"sonde_unwind_native_table_cache_write_errors_total %" PRIu64 "\n"
+		"# HELP sonde_unwind_native_processes Processes given unwind-native: attached (in "
+		"the walker's map) or waiting for their tables (walked with frame pointers).\n"
+		"# TYPE sonde_unwind_native_processes gauge\n"
+		"sonde_unwind_native_processes{state=\"attached\"} %zu\n"
+		"sonde_unwind_native_processes{state=\"waiting\"} %zu\n",
 		ntables, u->used_rows, u->max_rows, nunsupported, u->builds, u->build_failures,
-		(double)u->build_ns / 1e9);
+		(double)u->build_ns / 1e9, u->jobs_queued, u->cache_hits, u->cache_misses,
+		u->cache_invalid, u->cache_write_errors, attached, waiting);
 	return ferror(out) ? -EIO : 0;
 }
 
@@ -582,6 +891,51 @@ static int reuse(struct unw *u, struct bpf_map *map, const char *name)
 }
 
 static void native_fini(void *state);
+
+/* mkdir -p, the last component with mode (the parents 0755). 0 or -errno. */
+static int make_dirs(const char *dir, mode_t mode)
+{
+	char buf[4096];
+	size_t i, len = strlen(dir);
+
+	if (len == 0 || len >= sizeof(buf))
+		return -ENAMETOOLONG;
+	memcpy(buf, dir, len + 1);
+	for (i = 1; i < len; i++) {
+		if (buf[i] != '/')
+			continue;
+		buf[i] = '\0';
+		if (mkdir(buf, 0755) && errno != EEXIST)
+			return -errno;
+		buf[i] = '/';
+	}
+	if (mkdir(buf, mode) && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* The worker thread, with every signal blocked: the core's loop takes them. */
+static int start_worker(struct unw *u)
+{
+	sigset_t all, old;
+	int err;
+
+	u->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (u->efd < 0)
+		return -errno;
+	err = u->api->watch_fd(u->host, u->efd, EPOLLIN, on_jobs_done, u);
+	if (err)
+		return err;
+	u->efd_watched = true;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = -pthread_create(&u->worker, NULL, worker_main, u);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err)
+		return err;
+	u->worker_started = true;
+	return 0;
+}
 
 static void *native_init(const struct sonde_host_api *api, struct sonde_host *host,
 			 const void *settings, char *err, size_t errlen)
@@ -597,6 +951,10 @@ static void *native_init(const struct sonde_host_api *api, struct sonde_host *ho
 	}
 	u->api = api;
 	u->host = host;
+	u->efd = -1;
+	pthread_mutex_init(&u->lock, NULL);
+	pthread_cond_init(&u->wake, NULL);
+	u->todo_tail = &u->todo;
 	if (set->max_rows < 1024 || set->max_rows > (1 << 28) || set->max_processes < 1 ||
 	    set->max_processes > 65536) {
 		snprintf(err, errlen,
@@ -605,6 +963,14 @@ static void *native_init(const struct sonde_host_api *api, struct sonde_host *ho
 		goto fail;
 	}
 	elf_version(EV_CURRENT);
+	if (set->cache_dir && set->cache_dir[0]) {
+		rc = make_dirs(set->cache_dir, 0700);
+		if (rc)
+			LOG(u, WARN, "cache_dir %s: %s; tables are not cached", set->cache_dir,
+			    strerror(-rc));
+		else if (!(u->cache_dir = strdup(set->cache_dir)))
+			goto fail;
+	}
 	u->max_rows = (uint32_t)set->max_rows;
 	u->free = malloc(sizeof(*u->free));
 	u->skel = native_bpf__open();
@@ -650,13 +1016,20 @@ static void *native_init(const struct sonde_host_api *api, struct sonde_host *ho
 		snprintf(err, errlen, "no unwinder slot: %s", strerror(-slot));
 		goto fail;
 	}
+	rc = start_worker(u);
+	if (rc) {
+		snprintf(err, errlen, "cannot start the table worker: %s", strerror(-rc));
+		goto fail;
+	}
 	u->timer = api->add_timer(host, RESCAN_INTERVAL_MS, RESCAN_INTERVAL_MS, rescan_timer, u);
 	if (!u->timer) {
 		snprintf(err, errlen, "cannot add the rescan timer");
 		goto fail;
 	}
-	LOG(u, INFO, "unwinder slot %d, table space %u rows (%zu KiB), %" PRId64 " processes", slot,
-	    u->max_rows, u->rows_len >> 10, set->max_processes);
+	LOG(u, INFO,
+	    "unwinder slot %d, table space %u rows (%zu KiB), %" PRId64 " processes, cache %s",
+	    slot, u->max_rows, u->rows_len >> 10, set->max_processes,
+	    u->cache_dir ? u->cache_dir : "off");
 	return u;
 fail:
 	native_fini(u);
@@ -666,16 +1039,41 @@ fail:
 static void native_fini(void *state)
 {
 	struct unw *u = state;
+	struct job *j, *lists[2];
 	struct table *t;
 	struct proc *p;
+	int i;
 
 	if (!u)
 		return;
 	if (u->timer)
 		u->api->cancel_timer(u->host, u->timer);
+	if (u->worker_started) {
+		pthread_mutex_lock(&u->lock);
+		u->stop = true;
+		pthread_cond_signal(&u->wake);
+		pthread_mutex_unlock(&u->lock);
+		pthread_join(u->worker, NULL);
+	}
+	lists[0] = u->todo;
+	lists[1] = u->done;
+	for (i = 0; i < 2; i++) {
+		while ((j = lists[i])) {
+			lists[i] = j->next;
+			if (j->fd >= 0)
+				close(j->fd);
+			sonde_unw_table__free(j->built);
+			free(j);
+		}
+	}
+	if (u->efd_watched)
+		u->api->unwatch_fd(u->host, u->efd);
+	if (u->efd >= 0)
+		close(u->efd);
 	while ((p = u->procs)) {
 		u->procs = p->next;
 		free(p->tables);
+		free(p->pending);
 		free(p);
 	}
 	while ((t = u->tables)) {
@@ -685,6 +1083,9 @@ static void native_fini(void *state)
 	if (u->rows)
 		munmap(u->rows, u->rows_len);
 	native_bpf__destroy(u->skel);
+	pthread_mutex_destroy(&u->lock);
+	pthread_cond_destroy(&u->wake);
+	free(u->cache_dir);
 	free(u->free);
 	free(u);
 }
@@ -694,6 +1095,10 @@ static const struct sonde_plugin_setting native_settings[] = {
 	 "rows of the table space shared by all unwind tables (8 bytes each; libc needs ~60k)"},
 	{SONDE_SETTING_INT, "max_processes", "1024", offsetof(struct settings, max_processes),
 	 "processes unwound at once (4 KiB of BPF map each)"},
+	{SONDE_SETTING_STRING, "cache_dir", "/var/cache/sonde/unwind",
+	 offsetof(struct settings, cache_dir),
+	 "directory of built tables, one file per build-id, so a restart does not rebuild "
+	 "them (created 0700; empty: no cache)"},
 	{SONDE_SETTING_END, NULL, NULL, 0, NULL},
 };
 
@@ -703,7 +1108,7 @@ const struct sonde_plugin sonde_plugin = {
 	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
 	.size = sizeof(struct sonde_plugin),
 	.name = "unwind-native",
-	.version = "0.1",
+	.version = "0.2",
 	.description = "DWARF CFI (.eh_frame) unwinding in BPF, for code without frame pointers",
 	.settings = native_settings,
 	.settings_size = sizeof(struct settings),

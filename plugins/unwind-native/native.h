@@ -94,6 +94,7 @@ enum sonde_unw_stat {
 	SONDE_UNW_FRAMES_CFI,	   /* frames stepped with a table row */
 	SONDE_UNW_FRAMES_FP,	   /* frames stepped with rbp, where no row applied */
 	SONDE_UNW_RESCAN_REQUESTS, /* unknown mappings reported to userspace */
+	SONDE_UNW_WALK_NS,	   /* ns spent in walks with a table (the emit excluded) */
 	SONDE_UNW_STAT__COUNT,
 };
 

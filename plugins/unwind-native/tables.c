@@ -13,8 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <elfutils/libdw.h>
 #include <elfutils/libdwelf.h>
@@ -410,4 +412,181 @@ int sonde_unw_elf_bias(Elf *elf, uint64_t start, uint64_t offset, uint64_t *bias
 		}
 	}
 	return -ENOENT;
+}
+
+/* The cache file's header. Fixed-width fields only: the file is read back by
+ * the same build on the same machine, but a mismatch must never be taken
+ * for rows. */
+struct cache_hdr {
+	char magic[8]; /* CACHE_MAGIC */
+	uint32_t version;
+	uint32_t row_size;
+	uint64_t nrows;
+	uint64_t checksum; /* of the rows */
+	uint64_t fdes, unsupported, plt, outermost, signal, gaps, build_ns;
+	char key[96];
+};
+
+#define CACHE_MAGIC "SONDEUNW"
+
+/* FNV-1a over the rows, a word at a time: cheap on libjvm's megabytes and
+ * enough to see a torn or scribbled file (this is not an integrity check
+ * against an attacker: the directory is root's, mode 0700). */
+static uint64_t rows_checksum(const struct sonde_unw_row *rows, size_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull, w;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		memcpy(&w, &rows[i], sizeof(w));
+		h = (h ^ w) * 0x100000001b3ull;
+	}
+	return h;
+}
+
+static int cache_path(const char *dir, const char *key, char *buf, size_t len)
+{
+	if (strncmp(key, "b:", 2) != 0)
+		return -ENOTSUP;
+	if ((size_t)snprintf(buf, len, "%s/b-%s.unw", dir, key + 2) >= len)
+		return -ENAMETOOLONG;
+	return 0;
+}
+
+static int read_full(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = read(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n ? -errno : -EBADMSG;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+struct sonde_unw_table *sonde_unw_cache__load(const char *dir, const char *key)
+{
+	struct sonde_unw_table *t = NULL;
+	struct cache_hdr h;
+	char path[4096];
+	struct stat st;
+	int fd = -1, err;
+
+	err = cache_path(dir, key, path, sizeof(path));
+	if (err)
+		goto cleanup;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		err = -errno;
+		goto cleanup;
+	}
+	err = fstat(fd, &st) ? -errno : read_full(fd, &h, sizeof(h));
+	if (err)
+		goto cleanup;
+	/* the size is checked before the rows are allocated, so a scribbled
+	 * count cannot ask for gigabytes */
+	if (memcmp(h.magic, CACHE_MAGIC, 8) != 0 || h.version != SONDE_UNW_CACHE_VERSION ||
+	    h.row_size != sizeof(struct sonde_unw_row) || h.nrows > (1u << 28) ||
+	    (uint64_t)st.st_size != sizeof(h) + h.nrows * sizeof(struct sonde_unw_row) ||
+	    strncmp(h.key, key, sizeof(h.key)) != 0) {
+		err = -EBADMSG;
+		goto cleanup;
+	}
+	t = calloc(1, sizeof(*t));
+	if (t)
+		t->rows = malloc(h.nrows ? h.nrows * sizeof(*t->rows) : 1);
+	if (!t || !t->rows) {
+		err = -ENOMEM;
+		goto cleanup;
+	}
+	err = read_full(fd, t->rows, h.nrows * sizeof(*t->rows));
+	if (!err && rows_checksum(t->rows, h.nrows) != h.checksum)
+		err = -EBADMSG;
+	if (err)
+		goto cleanup;
+	t->nrows = h.nrows;
+	t->stats = (struct sonde_unw_table_stats){
+		.fdes = h.fdes,
+		.unsupported = h.unsupported,
+		.plt = h.plt,
+		.outermost = h.outermost,
+		.signal = h.signal,
+		.gaps = h.gaps,
+		.build_ns = h.build_ns,
+	};
+cleanup:
+	if (fd >= 0)
+		close(fd);
+	if (err) {
+		sonde_unw_table__free(t);
+		errno = -err;
+		return NULL;
+	}
+	return t;
+}
+
+int sonde_unw_cache__save(const char *dir, const char *key, const struct sonde_unw_table *t)
+{
+	struct cache_hdr h = {0};
+	char path[4096], tmp[4096 + 16];
+	int fd = -1, err;
+
+	err = cache_path(dir, key, path, sizeof(path));
+	if (err)
+		return err;
+	if (strlen(key) >= sizeof(h.key))
+		return -ENAMETOOLONG;
+	memcpy(h.magic, CACHE_MAGIC, 8);
+	h.version = SONDE_UNW_CACHE_VERSION;
+	h.row_size = sizeof(struct sonde_unw_row);
+	h.nrows = t->nrows;
+	h.checksum = rows_checksum(t->rows, t->nrows);
+	h.fdes = t->stats.fdes;
+	h.unsupported = t->stats.unsupported;
+	h.plt = t->stats.plt;
+	h.outermost = t->stats.outermost;
+	h.signal = t->stats.signal;
+	h.gaps = t->stats.gaps;
+	h.build_ns = t->stats.build_ns;
+	snprintf(h.key, sizeof(h.key), "%s", key);
+	snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
+	/* a reader sees the old file or the whole new one, never a torn one */
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	err = write_full(fd, &h, sizeof(h));
+	if (!err)
+		err = write_full(fd, t->rows, t->nrows * sizeof(*t->rows));
+	if (!err && fchmod(fd, 0600))
+		err = -errno;
+	if (close(fd) && !err)
+		err = -errno;
+	if (!err && rename(tmp, path))
+		err = -errno;
+	if (err)
+		unlink(tmp);
+	return err;
 }

@@ -62,4 +62,23 @@ int sonde_unw_elf_key(Elf *elf, int fd, char *buf, size_t len);
  */
 int sonde_unw_elf_bias(Elf *elf, uint64_t start, uint64_t offset, uint64_t *bias);
 
+/*
+ * The on-disk cache: one file per table, dir/b-<build-id>.unw, a versioned
+ * header (magic, format version, row size, the key, the stats, a checksum
+ * of the rows) then the rows. Only build-id keys ("b:...") are cached: an
+ * "f:" key names one inode, not the file's contents.
+ *
+ * sonde_unw_cache__load() returns the table cached for key, or NULL with
+ * errno: ENOENT when there is none, EBADMSG when the file is truncated,
+ * corrupt, of another format version or for another key (the caller
+ * rebuilds and saves over it), ENOTSUP for an "f:" key.
+ * sonde_unw_cache__save() writes t for key atomically (a temporary file
+ * renamed into place, mode 0600). 0 or -errno.
+ */
+struct sonde_unw_table *sonde_unw_cache__load(const char *dir, const char *key);
+int sonde_unw_cache__save(const char *dir, const char *key, const struct sonde_unw_table *t);
+
+/* The format version in the header; a file of another version is EBADMSG. */
+#define SONDE_UNW_CACHE_VERSION 1
+
 #endif /* SONDE_UNWIND_TABLES_H */

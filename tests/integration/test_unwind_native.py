@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """unwind-native walks whole stacks of code built without frame pointers:
-four fixtures (a chain six deep, a recursion 40 deep, a callback from libc's
-qsort, a chain through a shared library) show their exact frames down to
-main and libc's start in at least 99% of their samples with the plugin, and
+five fixtures (a chain six deep, a recursion 40 deep, a callback from libc's
+qsort, a chain through a shared library, three threads) show their exact
+frames down to main and libc's start (the threads: down to start_thread and
+clone3) in at least 99% of their samples with the plugin, as does Debian's
+stripped sha256sum hashing a large file (its frames unnamed), and
 do not without it (frame pointers), which proves the plugin does the work.
-Its stop counters are on /metrics."""
+Its stop counters are on /metrics. Tables are built by the plugin's worker
+thread and saved in its cache_dir: a second daemon reads them from there (no
+build) and unwinds as well. A cross-check: libdw (unw_crosscheck, over ptrace)
+unwinds the same processes mid-profile, and its caller chains, from a known
+function down, are the walker's return address for return address."""
 import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
 
 from sondetest import Profile, Sonded, build_dir, fail, http_get, require_root, require_tool
@@ -18,14 +25,25 @@ require_root()
 require_tool("go")
 
 HZ = 199
-SECONDS = 4
+SECONDS = 5
+# Seven CPU-bound processes (and the threads) share the CPUs: on a 2-CPU CI
+# runner each gets a few hundred samples at best, fewer when it is busy.
+MIN_SAMPLES = 60
 plugins = os.path.join(build_dir(), "plugins")
 fixtures = os.path.join(build_dir(), "tests", "fixtures", "unwind-native")
 work = tempfile.mkdtemp(prefix="sonde-unwind-native-")
+cache_dir = os.path.join(work, "cache", "unwind")
 
 CHAIN = [f"chain{i}" for i in range(6, 0, -1)] + ["main"]
 RECURSE = ["leaf"] + ["recurse"] * 40 + ["main"]
 LIB = ["app_leaf", "lib_inner", "lib_outer", "app_outer", "main"]
+THREAD = ["thread_leaf", "thread_mid", "thread_main"]
+LIBC_THREAD = ["start_thread", "__clone3"]
+FIXTURES = ("unw_chain", "unw_recurse", "unw_qsort", "unw_lib", "unw_threads")
+SHA256SUM = "/usr/bin/sha256sum"
+big = os.path.join(work, "big")
+with open(big, "wb") as f:
+    f.write(os.urandom(64 << 20))
 # Below main: libc's two start frames, then the executable's _start, where
 # the CFI says the return address is undefined. libc's names need its debug
 # symbols (libc6-dbg): without them only their mapping is checked.
@@ -60,9 +78,13 @@ def qsort_shape(frames):
 def write_script(path, with_plugin):
     with open(path, "w") as f:
         if with_plugin:
-            f.write('plugin "unwind-native" { required = true }\n'
+            # This build's fixtures and this test's sha256sum only, by path:
+            # another tree's test may run the same fixtures at the same time.
+            f.write(f'plugin "unwind-native" {{ required = true, cache_dir = "{cache_dir}" }}\n'
                     'on_process(function(p)\n'
-                    '  if p.comm:match("^unw_") then\n'
+                    f'  if (p.exe and p.exe:find("{fixtures}/unw_", 1, true)\n'
+                    '       and p.comm ~= "unw_crosscheck")\n'
+                    f'      or (p.cmdline and p.cmdline:find("{big}", 1, true)) then\n'
                     '    return { unwinders = { "unwind-native" } }\n'
                     '  end\n'
                     '  return true\n'
@@ -88,11 +110,22 @@ def run(with_plugin, tag):
     out = os.path.join(work, f"{tag}.pb.gz")
     with Sonded(*args, hz=HZ) as d:
         procs = {name: subprocess.Popen([os.path.join(fixtures, name), str(SECONDS + 1.5)])
-                 for name in ("unw_chain", "unw_recurse", "unw_qsort", "unw_lib")}
+                 for name in FIXTURES}
+        # ~500 MB/s: hashing the file 80 times outlasts the profile
+        procs["sha256sum"] = subprocess.Popen([SHA256SUM] + [big] * 80,
+                                              stdout=subprocess.DEVNULL)
+        checker = None
+        if tag == "native":
+            checker = threading.Thread(target=crosscheck, args=(procs,))
         try:
             time.sleep(0.7)
+            if checker:
+                checker.start()
             status, body = http_get(d.url(f"/debug/pprof/profile?seconds={SECONDS}"))
+            if checker:
+                checker.join()
         finally:
+            procs["sha256sum"].kill()
             for pr in procs.values():
                 pr.wait()
         if status != 200:
@@ -127,6 +160,89 @@ def shares(p, pids, check):
 
 qsort_seen = {}
 
+# unw_crosscheck's stacks, per fixture: one list of (ELF address, module,
+# symbol) per thread, taken twice during the profile.
+libdw_stacks = {}
+# Where each fixture's compared chain starts: the first frame of that name
+# (the leaf moves between samples; its callers do not). sha256sum has no
+# names: its last five frames (digest_file, main, libc's start, _start).
+CHECK_FROM = {"unw_chain": "chain5", "unw_recurse": "recurse", "unw_lib": "lib_inner",
+              "unw_threads": "thread_mid", "sha256sum": -5}
+
+
+def crosscheck(procs):
+    tool = os.path.join(fixtures, "unw_crosscheck")
+    for _ in range(2):
+        time.sleep(1.0)
+        for name in CHECK_FROM:
+            r = subprocess.run([tool, str(procs[name].pid)], capture_output=True, text=True,
+                               timeout=30)
+            if r.returncode != 0:
+                libdw_stacks.setdefault(name, []).append(("error", r.stderr.strip()))
+                continue
+            threads = []
+            for line in r.stdout.splitlines():
+                if line.startswith("thread "):
+                    threads.append([])
+                elif threads:
+                    _, addr, module, sym = line.split(" ", 3)
+                    threads[-1].append((int(addr, 16), module, sym))
+            libdw_stacks.setdefault(name, []).extend(threads)
+
+
+def chain_from(frames, start):
+    """The (address, name) frames from start (a name, or a negative index)."""
+    if isinstance(start, int):
+        return frames[start:] if len(frames) >= -start else None
+    names = [f for _, f in frames]
+    return frames[names.index(start):] if start in names else None
+
+
+def walker_chains(p, pid, start):
+    """The walker's chains of return addresses for the samples of pid, as
+    tuples, from start down (inlined frames folded: one per address)."""
+    chains = set()
+    for s in p.samples:
+        if s["labels"].get("pid") != str(pid):
+            continue
+        frames = []
+        for lid in s["locations"]:
+            loc = p.locations[lid]
+            name = loc["lines"][-1][0] if loc["lines"] else hex(loc["address"])
+            if p.mappings.get(loc["mapping"], {}).get("file") == "[kernel.kallsyms]":
+                continue
+            frames.append((loc["address"], name))
+        chain = chain_from(frames, start)
+        if chain:
+            chains.add(tuple(a for a, _ in chain))
+    return chains
+
+
+def threads_ok(frames):
+    """thread_main's chain, then libc's start_thread and clone3, nothing else."""
+    names = [f for f, _ in frames]
+    if names[:3] != THREAD or len(frames) != 5:
+        return False
+    if any(not m.endswith("/libc.so.6") for _, m in frames[3:]):
+        return False
+    return names[3:] == LIBC_THREAD or not libc_named
+
+
+def stripped_ok(frames):
+    """sha256sum (stripped: frames named module+0xoffset or by address) down
+    to libc's start and its own _start, every frame in its or libc's
+    mapping, at least one of its own (main) above libc's start."""
+    if len(frames) < 4 or frames[-1][1] != SHA256SUM:
+        return False
+    libc = frames[-3:-1]
+    if any(not m.endswith("/libc.so.6") for _, m in libc):
+        return False
+    if libc_named and [f for f, _ in libc] != LIBC_START:
+        return False
+    if frames[-4][1] != SHA256SUM:
+        return False
+    return all(m == SHA256SUM or m.endswith("/libc.so.6") for _, m in frames)
+
 
 def full_stack(name, frames):
     names = [f for f, _ in frames]
@@ -136,6 +252,10 @@ def full_stack(name, frames):
             return False
         qsort_seen[tuple(shape)] = qsort_seen.get(tuple(shape), 0) + 1
         return True
+    if name == "unw_threads":
+        return threads_ok(frames)
+    if name == "sha256sum":
+        return stripped_ok(frames)
     expected = {"unw_chain": CHAIN, "unw_recurse": RECURSE, "unw_lib": LIB}[name]
     return names[:len(expected)] == expected and start_ok(frames[len(expected):])
 
@@ -151,8 +271,12 @@ for line in log.splitlines():
     if "rows" in line and "FDEs" in line:
         print(line)
 res = shares(p, pids, full_stack)
+for s in p.samples:
+    if s["labels"].get("pid") == str(pids["sha256sum"]):
+        print(f"a sha256sum stack: {user_frames(p, s)}")
+        break
 for name, (good, total, worst) in res.items():
-    if total < 100:
+    if total < MIN_SAMPLES:
         fail(f"{name}: only {total} samples in {SECONDS} s at {HZ} Hz")
     if good < 0.99 * total:
         fail(f"{name}: {good} of {total} samples hold the whole stack; most common others: "
@@ -169,6 +293,27 @@ for s in p.samples:
         if frames[1][0] == "lib_inner" and not frames[1][1].endswith("/libunwlib.so"):
             fail(f"lib_inner's mapping: {frames[1]}")
         break
+
+# The cross-check: every libdw stack that holds the known function has the
+# same return addresses from there down as some sample of the walker.
+for name, start in CHECK_FROM.items():
+    chains = walker_chains(p, pids[name], start)
+    compared = 0
+    for st in libdw_stacks.get(name, []):
+        if st[0] == "error":
+            fail(f"unw_crosscheck {name}: {st[1]}")
+        chain = chain_from([(pc, sym) for pc, _, sym in st], start)
+        if not chain:
+            continue  # the main thread of unw_threads, waiting in join
+        compared += 1
+        addrs = tuple(a for a, _ in chain)
+        if addrs not in chains:
+            fail(f"{name}: libdw's chain {[(hex(a), f) for a, f in chain]} is not one of the "
+                 f"walker's: {[[hex(a) for a in c] for c in chains]}")
+    if compared < 2:
+        fail(f"{name}: libdw gave {compared} stacks to compare: {libdw_stacks.get(name)}")
+    print(f"ok: {name}: {compared} libdw stacks agree with the walker frame for frame "
+          f"({len(chains)} distinct chains from {start})")
 
 # The walk ends are counted: mostly at the outermost frame (_start).
 def metric(name, label):
@@ -191,11 +336,42 @@ rescans = re.search(r"^sonde_unwind_native_rescans_total (\d+)$", metrics, re.M)
 print(f"ok: {outermost} walks complete, {cfi} frames from tables, early stops: {stops}, "
       f"rescans: {rescans.group(1) if rescans else None}")
 
+builds = metric("sonde_unwind_native_table_builds_total", 'result="ok"')
+misses = metric("sonde_unwind_native_table_cache_total", 'result="miss"')
+if builds < 3 or misses != builds:
+    fail(f"first daemon: {builds} tables built, {misses} cache misses:\n{metrics}")
+if oct(os.stat(cache_dir).st_mode & 0o777) != "0o700":
+    fail(f"{cache_dir} is mode {oct(os.stat(cache_dir).st_mode)}")
+cached = sorted(os.listdir(cache_dir))
+if len(cached) != builds or not all(re.fullmatch(r"b-[0-9a-f]{40}\.unw", n) for n in cached):
+    fail(f"{builds} tables built but the cache holds {cached}")
+print(f"ok: {builds} tables built (none cached yet), {len(cached)} files in the cache")
+
+# A second daemon: every table from the cache, none built, the same stacks.
+# One cache file is cut short: it is counted invalid, rebuilt and rewritten.
+victim = os.path.join(cache_dir, cached[0])
+with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+qsort_seen.clear()
+p, pids, metrics, log = run(True, "cached")
+for name, (good, total, worst) in shares(p, pids, full_stack).items():
+    if total < MIN_SAMPLES or good < 0.99 * total:
+        fail(f"{name} from cached tables: {good} of {total} whole stacks; others: {worst}")
+builds = metric("sonde_unwind_native_table_builds_total", 'result="ok"')
+hits = metric("sonde_unwind_native_table_cache_total", 'result="hit"')
+invalid = metric("sonde_unwind_native_table_cache_total", 'result="invalid"')
+if builds != 1 or invalid != 1 or hits != len(cached) - 1:
+    fail(f"second daemon: {builds} built, {hits} cache hits, {invalid} invalid for "
+         f"{len(cached)} cached files (one truncated):\n{metrics}\n{log}")
+if os.path.getsize(victim) <= 64:
+    fail(f"{victim} was not rewritten")
+print(f"ok: second daemon: {hits} tables from the cache, the truncated one rebuilt")
+
 # Without the plugin, frame pointers cannot walk these fixtures.
 qsort_seen.clear()
 p, pids, _, _ = run(False, "fp")
 for name, (good, total, _) in shares(p, pids, full_stack).items():
-    if total < 100:
+    if total < MIN_SAMPLES:
         fail(f"{name} (frame pointers): only {total} samples")
     if good > 0.5 * total:
         fail(f"{name}: frame pointers alone gave the whole stack in {good} of {total} samples; "

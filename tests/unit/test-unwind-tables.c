@@ -2,7 +2,9 @@
 /*
  * unwind-native's table builder: the rows of functions whose CFI is known
  * instruction by instruction (tests/fixtures/unwind-native/cfi_known.S),
- * and a whole libc, whose table must be complete and sorted.
+ * and a whole libc, whose table must be complete and sorted; the on-disk
+ * cache gives back the same rows, and refuses a truncated, scribbled or
+ * other-version file.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +21,7 @@
 
 #include <elfutils/libdwelf.h>
 #include <errno.h>
+#include <sys/stat.h>
 
 #include "tables.h"
 
@@ -264,6 +267,101 @@ static void test_no_eh_frame_hdr(void **state)
 	unlink(path);
 }
 
+static void truncate_to(const char *path, off_t len)
+{
+	assert_int_equal(truncate(path, len), 0);
+}
+
+/* Flips one byte at off of path. */
+static void scribble(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	unsigned char c;
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &c, 1, off), 1);
+	c ^= 0x5a;
+	assert_int_equal(pwrite(fd, &c, 1, off), 1);
+	close(fd);
+}
+
+static void expect_invalid(const char *dir, const char *key)
+{
+	errno = 0;
+	assert_null(sonde_unw_cache__load(dir, key));
+	assert_int_equal(errno, EBADMSG);
+}
+
+static void test_cache(void **state)
+{
+	struct sonde_unw_table *t, *back;
+	struct elf_file f = {-1, NULL};
+	char dir[] = "/tmp/sonde-unw-cache-XXXXXX", path[4096], file[4200], key[96], cmd[4200];
+	struct stat st;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(libc_path(path, sizeof(path)), 0);
+	assert_int_equal(open_elf(&f, path), 0);
+	assert_int_equal(sonde_unw_elf_key(f.elf, f.fd, key, sizeof(key)), 0);
+	assert_memory_equal(key, "b:", 2);
+	t = sonde_unw_table__build(f.elf);
+	assert_non_null(t);
+
+	errno = 0;
+	assert_null(sonde_unw_cache__load(dir, key));
+	assert_int_equal(errno, ENOENT);
+	assert_int_equal(sonde_unw_cache__save(dir, key, t), 0);
+	snprintf(file, sizeof(file), "%s/b-%s.unw", dir, key + 2);
+	assert_int_equal(stat(file, &st), 0);
+	assert_int_equal(st.st_mode & 0777, 0600);
+
+	back = sonde_unw_cache__load(dir, key);
+	assert_non_null(back);
+	assert_int_equal(back->nrows, t->nrows);
+	assert_memory_equal(back->rows, t->rows, t->nrows * sizeof(t->rows[0]));
+	assert_int_equal(back->stats.fdes, t->stats.fdes);
+	assert_int_equal(back->stats.unsupported, t->stats.unsupported);
+	assert_int_equal(back->stats.build_ns, t->stats.build_ns);
+	sonde_unw_table__free(back);
+
+	/* another build-id's name on this file: refused, not taken */
+	{
+		char other[96], ofile[4200];
+
+		snprintf(other, sizeof(other), "b:%s", "00112233445566778899aabbccddeeff00112233");
+		snprintf(ofile, sizeof(ofile), "%s/b-%s.unw", dir, other + 2);
+		assert_int_equal(link(file, ofile), 0);
+		expect_invalid(dir, other);
+		unlink(ofile);
+	}
+	/* a row scribbled over: the checksum */
+	scribble(file, (off_t)st.st_size - 5);
+	expect_invalid(dir, key);
+	/* rewritten whole, then the format version changed */
+	assert_int_equal(sonde_unw_cache__save(dir, key, t), 0);
+	assert_non_null((back = sonde_unw_cache__load(dir, key)));
+	sonde_unw_table__free(back);
+	scribble(file, 8);
+	expect_invalid(dir, key);
+	/* truncated: a crash mid-write of an older sonde, a full disk */
+	assert_int_equal(sonde_unw_cache__save(dir, key, t), 0);
+	truncate_to(file, st.st_size - 8);
+	expect_invalid(dir, key);
+	truncate_to(file, 10);
+	expect_invalid(dir, key);
+	/* keys without a build-id are not cached */
+	errno = 0;
+	assert_int_equal(sonde_unw_cache__save(dir, "f:1:2:3:4.5", t), -ENOTSUP);
+	assert_null(sonde_unw_cache__load(dir, "f:1:2:3:4.5"));
+	assert_int_equal(errno, ENOTSUP);
+
+	sonde_unw_table__free(t);
+	close_elf(&f);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -273,6 +371,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_key_and_bias, setup_known, teardown_known),
 		cmocka_unit_test(test_libc),
 		cmocka_unit_test(test_no_eh_frame_hdr),
+		cmocka_unit_test(test_cache),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
