@@ -43,6 +43,13 @@ def require_tool(name):
     return path
 
 
+def scratch_dir(prefix):
+    """A temporary directory removed when the test exits, pass or fail."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def build_dir():
     return os.environ["SONDE_BUILD_DIR"]
 
@@ -85,7 +92,7 @@ class Sonded:
         self.addr = f"127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="sonded-", suffix=".log", delete=False)
         # Sockets of its own, so tests never meet another sonded's.
-        self.sockdir = tempfile.mkdtemp(prefix="sonde-sock-")
+        self.sockdir = scratch_dir("sonde-sock-")
         self.export_url = f"ipc://{self.sockdir}/export.ipc"
         self.control_url = f"ipc://{self.sockdir}/control.ipc"
         cmd = [sonded_path(), "--http", self.addr, "--hz", str(hz),
@@ -166,7 +173,7 @@ class Sonded:
 
 def go_env():
     env = dict(os.environ)
-    home = tempfile.mkdtemp(prefix="sonde-go-")
+    home = scratch_dir("sonde-go-")
     env.setdefault("HOME", home)
     env.setdefault("GOCACHE", os.path.join(home, "cache"))
     env["GOFLAGS"] = "-mod=mod"

@@ -5,15 +5,14 @@ profile of its pid holds that exact chain, named, for most of its samples,
 with its labels, file names and build id."""
 import os
 import subprocess
-import tempfile
 import time
 
-from sondetest import Profile, Sonded, fail, fixture, http_get, require_root, require_tool
+from sondetest import (Profile, Sonded, fail, fixture, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
 
-out = os.path.join(tempfile.mkdtemp(prefix="sonde-chain-"), "chain.pb.gz")
+out = os.path.join(scratch_dir("sonde-chain-"), "chain.pb.gz")
 with Sonded() as d:
     fx = subprocess.Popen([fixture("fp_chain"), "6"])
     try:

@@ -4,15 +4,14 @@
 user frames (raw_read, inlined, <- read_zeros <- main), in one stack."""
 import os
 import subprocess
-import tempfile
 import time
 
-from sondetest import Profile, Sonded, fail, fixture, http_get, require_root, require_tool
+from sondetest import (Profile, Sonded, fail, fixture, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
 
-out = os.path.join(tempfile.mkdtemp(prefix="sonde-kernel-"), "kernel.pb.gz")
+out = os.path.join(scratch_dir("sonde-kernel-"), "kernel.pb.gz")
 with Sonded() as d:
     fx = subprocess.Popen([fixture("syscall_loop"), "5"])
     try:

@@ -10,16 +10,14 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
-from sondetest import (Sonded, build_dir, fail, http_get, require_root, sonded_path,
-                       sondectl_path)
+from sondetest import (Sonded, build_dir, fail, http_get, require_root, scratch_dir, sondectl_path, sonded_path)
 
 require_root()
 
 plugins = os.path.join(build_dir(), "tests", "plugins")
-work = tempfile.mkdtemp(prefix="sonde-plugins-")
+work = scratch_dir("sonde-plugins-")
 # A process named "nope" that the good plugin declines.
 nope = os.path.join(work, "nope")
 shutil.copy("/bin/sleep", nope)

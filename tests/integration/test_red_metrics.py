@@ -11,12 +11,10 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.parse
 
-from sondetest import (Sonded, build_dir, fail, free_port, http_get, require_root,
-                       require_tool, sondectl_path)
+from sondetest import (Sonded, build_dir, fail, free_port, http_get, require_root, require_tool, scratch_dir, sondectl_path)
 
 require_root()
 curl = require_tool("curl")
@@ -26,7 +24,7 @@ prometheus = require_tool("prometheus")
 
 source = os.environ["SONDE_SOURCE_DIR"]
 plugin_dir = os.path.join(build_dir(), "plugins", "red-metrics")
-work = tempfile.mkdtemp(prefix="sonde-red-")
+work = scratch_dir("sonde-red-")
 procs = []
 
 

@@ -9,11 +9,9 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 
-from sondetest import (Profile, Sonded, fail, fixture, http_get, require_root, require_tool,
-                       sondectl_path)
+from sondetest import (Profile, Sonded, fail, fixture, http_get, require_root, require_tool, scratch_dir, sondectl_path)
 
 require_root()
 require_tool("go")
@@ -35,7 +33,7 @@ on_window(function(w)
 end)
 """
 
-work = tempfile.mkdtemp(prefix="sonde-script-")
+work = scratch_dir("sonde-script-")
 script = os.path.join(work, "chain.lua")
 with open(script, "w") as f:
     f.write(SCRIPT)

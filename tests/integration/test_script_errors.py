@@ -6,15 +6,14 @@ keeps the default decision and is profiled."""
 import os
 import re
 import subprocess
-import tempfile
 import time
 
-from sondetest import Profile, Sonded, fail, fixture, http_get, require_root, require_tool
+from sondetest import (Profile, Sonded, fail, fixture, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
 
-work = tempfile.mkdtemp(prefix="sonde-script-errors-")
+work = scratch_dir("sonde-script-errors-")
 script = os.path.join(work, "broken.lua")
 with open(script, "w") as f:
     f.write("""sampling { window = 1 }

@@ -4,17 +4,16 @@
 samples attributed and named after they are gone."""
 import os
 import subprocess
-import tempfile
 import threading
 import time
 
-from sondetest import Profile, Sonded, fail, fixture, http_get, require_root, require_tool
+from sondetest import (Profile, Sonded, fail, fixture, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
 
 RUNS = 30
-out = os.path.join(tempfile.mkdtemp(prefix="sonde-short-"), "short.pb.gz")
+out = os.path.join(scratch_dir("sonde-short-"), "short.pb.gz")
 with Sonded(hz=199) as d:
     result = {}
 

@@ -11,11 +11,9 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
-from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root,
-                       require_tool, skip, sondectl_path)
+from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root, require_tool, scratch_dir, skip, sondectl_path)
 
 require_root()
 require_tool("go")
@@ -28,7 +26,7 @@ want = ["Chain.leaf", "Chain.c", "Chain.b", "Chain.a"]
 declined_reason = ("gHotSpotVMStructs: no Abstract_VM_Version::_vm_major_version "
                    "(2 entries read)")
 
-work = tempfile.mkdtemp(prefix="sonde-jvm-")
+work = scratch_dir("sonde-jvm-")
 script = os.path.join(work, "jvm.lua")
 with open(script, "w") as f:
     f.write("""

@@ -15,11 +15,10 @@ function down, are the walker's return address for return address."""
 import os
 import re
 import subprocess
-import tempfile
 import threading
 import time
 
-from sondetest import Profile, Sonded, build_dir, fail, http_get, require_root, require_tool
+from sondetest import (Profile, Sonded, build_dir, fail, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
@@ -31,7 +30,7 @@ SECONDS = 5
 MIN_SAMPLES = 60
 plugins = os.path.join(build_dir(), "plugins")
 fixtures = os.path.join(build_dir(), "tests", "fixtures", "unwind-native")
-work = tempfile.mkdtemp(prefix="sonde-unwind-native-")
+work = scratch_dir("sonde-unwind-native-")
 cache_dir = os.path.join(work, "cache", "unwind")
 
 CHAIN = [f"chain{i}" for i in range(6, 0, -1)] + ["main"]

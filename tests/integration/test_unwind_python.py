@@ -10,11 +10,9 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
-from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root,
-                       require_tool, sondectl_path)
+from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root, require_tool, scratch_dir, sondectl_path)
 
 require_root()
 require_tool("go")
@@ -28,7 +26,7 @@ with open(chain_py) as f:
     leaf_line = next(i for i, l in enumerate(f, 1) if "# LEAF LINE" in l)
 want = ["leaf", "outer.<locals>.inner", "outer", "Walker.step", "main", "<module>"]
 
-work = tempfile.mkdtemp(prefix="sonde-python-")
+work = scratch_dir("sonde-python-")
 script = os.path.join(work, "python.lua")
 with open(script, "w") as f:
     f.write("""

@@ -7,17 +7,15 @@ by its own mapping, above the native frames."""
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 
-from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root,
-                       require_tool)
+from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
 
 plugins = os.path.join(build_dir(), "tests", "plugins")
-work = tempfile.mkdtemp(prefix="sonde-unwinder-")
+work = scratch_dir("sonde-unwinder-")
 script = os.path.join(work, "fake.lua")
 with open(script, "w") as f:
     f.write("""

@@ -7,11 +7,9 @@ import glob
 import os
 import re
 import subprocess
-import tempfile
 import time
 
-from sondetest import (Profile, Sonded, bpf_programs, fail, fixture, http_get, require_root,
-                       require_tool)
+from sondetest import (Profile, Sonded, bpf_programs, fail, fixture, http_get, require_root, require_tool, scratch_dir)
 
 require_root()
 require_tool("go")
@@ -19,7 +17,7 @@ require_tool("bpftool")
 
 OURS = {"sample", "unwind_fp", "sched_process_exec", "sched_process_fork",
         "sched_process_exit"}
-outdir = tempfile.mkdtemp(prefix="sonde-windows-")
+outdir = scratch_dir("sonde-windows-")
 d = Sonded("--output", outdir, "--window", "2")
 fx = subprocess.Popen([fixture("fp_chain"), "5"])
 time.sleep(5.5)
