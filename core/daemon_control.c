@@ -97,17 +97,71 @@ static void count_live(void *ctx, struct sonde_proc *proc)
 		c->n++;
 }
 
+/* The plugins' own word on a process (they may change it after attaching). */
+struct verdicts {
+	struct {
+		const char *plugin, *reason;
+		bool attached;
+	} v[2 * SONDE_POLICY_MAX_UNWINDERS];
+	uint32_t n;
+};
+
+static void collect_verdict(void *ctx, const char *plugin, bool attached, const char *reason)
+{
+	struct verdicts *vs = ctx;
+
+	if (vs->n < sizeof(vs->v) / sizeof(vs->v[0])) {
+		vs->v[vs->n].plugin = plugin;
+		vs->v[vs->n].reason = reason;
+		vs->v[vs->n].attached = attached;
+		vs->n++;
+	}
+}
+
+static bool still_attached(const struct verdicts *vs, const char *plugin)
+{
+	uint32_t i;
+
+	for (i = 0; i < vs->n; i++)
+		if (strcmp(vs->v[i].plugin, plugin) == 0)
+			return vs->v[i].attached;
+	return true;
+}
+
+/* Names in list that their plugin has not dropped since. */
+static void pack_attached(msgpack_packer *pk, const char *key, char *const *list, uint32_t n,
+			  const struct verdicts *vs)
+{
+	uint32_t i, k = 0;
+
+	for (i = 0; i < n; i++)
+		k += still_attached(vs, list[i]);
+	sonde_control__pack_str(pk, key);
+	msgpack_pack_array(pk, k);
+	for (i = 0; i < n; i++)
+		if (still_attached(vs, list[i]))
+			sonde_control__pack_str(pk, list[i]);
+}
+
 static void pack_process(void *ctx, struct sonde_proc *proc)
 {
 	struct ps_ctx *c = ctx;
 	const struct sonde_policy_entry *pe;
+	struct verdicts vs = { .n = 0 };
 	msgpack_packer *pk = c->pk;
-	uint32_t i;
+	uint32_t i, ndeclined = 0, nnotes = 0;
 
 	if (proc->exit_ns)
 		return;
 	pe = sonde_policy__get(c->d->policy, proc->pid);
-	msgpack_pack_map(pk, 9);
+	sonde_plugins__for_each_decision(c->d->plugins, proc->pid, collect_verdict, &vs);
+	for (i = 0; i < vs.n; i++) {
+		ndeclined += !vs.v[i].attached;
+		nnotes += vs.v[i].attached && vs.v[i].reason[0];
+	}
+	for (i = 0; pe && i < pe->ndeclined; i++) /* plugins that never saw it */
+		ndeclined += strcmp(pe->declined[i].reason, "plugin not loaded") == 0;
+	msgpack_pack_map(pk, 10);
 	pack_kv_uint(pk, "pid", proc->pid);
 	pack_kv_str(pk, "comm", proc->comm);
 	pack_kv_str(pk, "exe", proc->exe);
@@ -117,20 +171,32 @@ static void pack_process(void *ctx, struct sonde_proc *proc)
 		msgpack_pack_true(pk);
 	else
 		msgpack_pack_false(pk);
-	sonde_control__pack_str(pk, "unwinders");
-	msgpack_pack_array(pk, pe ? pe->nunwinders : 0);
-	for (i = 0; pe && i < pe->nunwinders; i++)
-		sonde_control__pack_str(pk, pe->unwinders[i]);
-	sonde_control__pack_str(pk, "plugins");
-	msgpack_pack_array(pk, pe ? pe->nplugins : 0);
-	for (i = 0; pe && i < pe->nplugins; i++)
-		sonde_control__pack_str(pk, pe->plugins[i]);
+	pack_attached(pk, "unwinders", pe ? pe->unwinders : NULL, pe ? pe->nunwinders : 0, &vs);
+	pack_attached(pk, "plugins", pe ? pe->plugins : NULL, pe ? pe->nplugins : 0, &vs);
 	sonde_control__pack_str(pk, "declined");
-	msgpack_pack_array(pk, pe ? pe->ndeclined : 0);
+	msgpack_pack_array(pk, ndeclined);
+	for (i = 0; i < vs.n; i++) {
+		if (vs.v[i].attached)
+			continue;
+		msgpack_pack_map(pk, 2);
+		pack_kv_str(pk, "plugin", vs.v[i].plugin);
+		pack_kv_str(pk, "reason", vs.v[i].reason);
+	}
 	for (i = 0; pe && i < pe->ndeclined; i++) {
+		if (strcmp(pe->declined[i].reason, "plugin not loaded") != 0)
+			continue;
 		msgpack_pack_map(pk, 2);
 		pack_kv_str(pk, "plugin", pe->declined[i].plugin);
 		pack_kv_str(pk, "reason", pe->declined[i].reason);
+	}
+	sonde_control__pack_str(pk, "notes");
+	msgpack_pack_array(pk, nnotes);
+	for (i = 0; i < vs.n; i++) {
+		if (!vs.v[i].attached || !vs.v[i].reason[0])
+			continue;
+		msgpack_pack_map(pk, 2);
+		pack_kv_str(pk, "plugin", vs.v[i].plugin);
+		pack_kv_str(pk, "note", vs.v[i].reason);
 	}
 	sonde_control__pack_str(pk, "labels");
 	msgpack_pack_map(pk, pe ? pe->nlabels : 0);

@@ -37,6 +37,7 @@
 static const size_t descriptor_min_size[SONDE_PLUGIN_ABI_MINOR + 1] = {
 	[0] = offsetofend(struct sonde_plugin, detach_process),
 	[1] = offsetofend(struct sonde_plugin, write_metrics),
+	[2] = offsetofend(struct sonde_plugin, write_metrics), /* 1.2 grew the host api only */
 };
 
 struct counter {
@@ -390,6 +391,15 @@ static int host_publish(struct sonde_host *host, const char *topic, const void *
 	return ps->publish(ps->publish_ctx, topic, msgpack, len);
 }
 
+static void remember(struct sonde_plugins *ps, uint32_t pid, struct sonde_host *h, bool attached,
+		     const char *reason);
+
+static void host_process_status(struct sonde_host *host, uint32_t pid, int attached,
+				const char *reason)
+{
+	remember(host->ps, pid, host, attached != 0, reason ? reason : "");
+}
+
 static const struct sonde_host_api host_api = {
 	.size = sizeof(struct sonde_host_api),
 	.abi_major = SONDE_PLUGIN_ABI_MAJOR,
@@ -405,6 +415,7 @@ static const struct sonde_host_api host_api = {
 	.cancel_timer = host_cancel_timer,
 	.read_memory = host_read_memory,
 	.publish = host_publish,
+	.process_status = host_process_status,
 };
 
 /* --- loading ----------------------------------------------------------------------------- */
@@ -1000,13 +1011,14 @@ int sonde_plugins__attach_process(struct sonde_plugins *ps, const char *name,
 	/* The plugin sees this core's struct, whatever size the caller built. */
 	p = *proc;
 	p.size = sizeof(p);
+	/* Attached until it says otherwise; it may set its own status meanwhile. */
+	remember(ps, p.pid, h, true, "");
 	ret = h->desc.attach_process ? h->desc.attach_process(h->state, &p, reason, reasonlen) : 0;
 	reason[reasonlen - 1] = '\0';
 	if (ret == 0) {
 		reason[0] = '\0';
 		if (slot)
 			*slot = h->unwinder_slot;
-		remember(ps, p.pid, h, true, "");
 		return 0;
 	}
 	if (ret > 0) {

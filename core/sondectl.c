@@ -732,6 +732,7 @@ static int cmd_ps(const struct opts *o)
 	for (uint32_t i = 0; i < n; i++) {
 		const msgpack_object *p = rows[i], *unw = get(p, "unwinders");
 		const msgpack_object *prof = get(p, "profiled"), *declined = get(p, "declined");
+		const msgpack_object *notes;
 		char unwbuf[256] = "";
 		size_t used = 0;
 		int64_t pid = 0;
@@ -766,6 +767,18 @@ static int cmd_ps(const struct opts *o)
 				print_str(get(d, "plugin"), "?", 0, 256);
 				fputs(": ", stdout);
 				print_str(get(d, "reason"), "no reason given", 0, 4096);
+				putchar('\n');
+			}
+		}
+		notes = get(p, "notes");
+		if (notes && notes->type == MSGPACK_OBJECT_ARRAY) {
+			for (uint32_t j = 0; j < notes->via.array.size; j++) {
+				const msgpack_object *note = &notes->via.array.ptr[j];
+
+				fputs("         ", stdout);
+				print_str(get(note, "plugin"), "?", 0, 256);
+				fputs(": ", stdout);
+				print_str(get(note, "note"), "", 0, 4096);
 				putchar('\n');
 			}
 		}

@@ -1136,6 +1136,11 @@ static void jvm_tick(void *ctx)
 		j->api->log(j->host, SONDE_PLUGIN_LOG_WARN,
 			    "pid %u: declined after attach: %s (native stacks only)", p->pid,
 			    reason);
+		/* sondectl ps shows it declined (host ABI 1.2) */
+		if (j->api->size >= offsetof(struct sonde_host_api, process_status) +
+					    sizeof(j->api->process_status) &&
+		    j->api->process_status)
+			j->api->process_status(j->host, p->pid, 0, reason);
 	}
 }
 

@@ -597,6 +597,15 @@ static int install(struct unw *u, struct proc *p, struct scan *sc)
 	return 0;
 }
 
+/* What `sondectl ps` shows for the process (host ABI 1.2; older hosts: nothing). */
+static void set_status(struct unw *u, uint32_t pid, const char *note)
+{
+	if (u->api->size >= offsetof(struct sonde_host_api, process_status) +
+				    sizeof(u->api->process_status) &&
+	    u->api->process_status)
+		u->api->process_status(u->host, pid, 1, note);
+}
+
 /* Installs sc now if its tables are all ready, or keeps it in p until they
  * are (p keeps its current mappings meanwhile). Consumes sc. 0 or -errno. */
 static int settle(struct unw *u, struct proc *p, struct scan *sc)
@@ -607,10 +616,12 @@ static int settle(struct unw *u, struct proc *p, struct scan *sc)
 	if (!scan_ready(sc)) {
 		p->pending = sc;
 		p->pending_ns = now_ns();
+		set_status(u, p->pid, "waiting for its unwind tables (frame pointers meanwhile)");
 		return 0;
 	}
 	err = install(u, p, sc);
 	free_scan(sc);
+	set_status(u, p->pid, err ? "its mappings could not be stored (frame pointers)" : "");
 	return err;
 }
 

@@ -29,11 +29,13 @@ declined_reason = ("gHotSpotVMStructs: no Abstract_VM_Version::_vm_major_version
 work = scratch_dir("sonde-jvm-")
 script = os.path.join(work, "jvm.lua")
 with open(script, "w") as f:
-    f.write("""
-plugin "unwind-jvm" { required = true }
+    # Only this test's JVMs and fakejvm: other JVMs on the machine stay out.
+    f.write(f"""
+plugin "unwind-jvm" {{ required = true }}
 on_process(function(p)
-  if p.comm == "java" or p.comm == "fakejvm" then
-    return { unwinders = { "unwind-jvm" } }
+  if (p.comm == "java" and p.cmdline and p.cmdline:find("{classes}", 1, true))
+     or p.exe == "{fixture(os.path.join("unwind-jvm", "fakejvm"))}" then
+    return {{ unwinders = {{ "unwind-jvm" }} }}
   end
   return false
 end)

@@ -103,6 +103,11 @@ static int good_attach(void *state, const struct sonde_plugin_process *proc, cha
 		snprintf(reason, reasonlen, "frobnicator jammed");
 		return -EIO;
 	}
+	/* ABI 1.2: a status of its own, after (here: while) attaching */
+	if (proc->comm && !strcmp(proc->comm, "pending"))
+		view.api->process_status(view.host, proc->pid, 1, "waiting for the frobnicator");
+	if (proc->comm && !strcmp(proc->comm, "dropme"))
+		view.api->process_status(view.host, proc->pid, 0, "dropped after attach");
 	(*view.attached)++;
 	return 0;
 }

@@ -28,7 +28,7 @@
 
 #define SONDE_PLUGIN_MAGIC 0x736f6e64u /* "sond" */
 #define SONDE_PLUGIN_ABI_MAJOR 1
-#define SONDE_PLUGIN_ABI_MINOR 1
+#define SONDE_PLUGIN_ABI_MINOR 2
 #define SONDE_PLUGIN_SYMBOL "sonde_plugin"
 
 struct sonde_host; /* the core, opaque to plugins */
@@ -130,6 +130,18 @@ struct sonde_host_api {
 	 * off).
 	 */
 	int (*publish)(struct sonde_host *host, const char *topic, const void *msgpack, size_t len);
+
+	/* ABI 1.2 (check size before use): */
+
+	/*
+	 * Changes what `sondectl ps` shows for pid after attach_process
+	 * returned: attached with a note (e.g. "waiting for tables"; "" for
+	 * none), or no longer attached with the reason (e.g. a JVM whose
+	 * structures could not be read once it had loaded). The plugin still
+	 * gets detach_process when the process goes.
+	 */
+	void (*process_status)(struct sonde_host *host, uint32_t pid, int attached,
+			       const char *reason);
 };
 
 /* A plugin setting, declared by the plugin and filled from the script. */
