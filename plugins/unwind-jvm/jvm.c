@@ -44,6 +44,7 @@
 #include <sonde/plugin.h>
 
 #include "jvm.h"
+#include "plugin_util.h"
 #include "jvm.skel.h"
 
 #define MAX_VM_ENTRIES	  20000 /* JDK 17 has about 2,900 fields and 1,100 types */
@@ -54,7 +55,6 @@
 #define MISS_REFRESH_MS	  1000 /* an unnamed pc asks for a new map at most this often */
 #define ATTACH_TIMEOUT_MS 5000
 #define STARTUP_MS	  10000 /* a launcher this young may be mid-way loading libjvm.so */
-#define NBUCKETS	  4096
 
 enum jvm_path {
 	PATH_PENDING = 0, /* waiting for libjvm.so or for the code cache */
@@ -115,11 +115,6 @@ struct job {
 	gid_t gid;
 };
 
-struct interned {
-	struct interned *next;
-	char s[];
-};
-
 struct settings {
 	int64_t perfmap_interval_ms;
 };
@@ -136,7 +131,7 @@ struct jvm {
 	bool worker_started, stopping;
 	struct job *jobs;
 	struct proc *procs;
-	struct interned *strings[NBUCKETS];
+	struct plugin_strings strings; /* names handed to the core, until fini; under lock */
 	uint64_t declined; /* JVMs declined since start */
 	uint64_t unnamed, attach_errors, perfmap_errors;
 };
@@ -147,27 +142,6 @@ static uint64_t now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Names handed to the core live until fini. Called with the lock held. */
-static const char *intern(struct jvm *j, const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-	struct interned *e;
-	const char *c;
-
-	for (c = s; *c; c++)
-		h = (h ^ (uint8_t)*c) * 1099511628211ULL;
-	for (e = j->strings[h % NBUCKETS]; e; e = e->next)
-		if (!strcmp(e->s, s))
-			return e->s;
-	e = malloc(sizeof(*e) + strlen(s) + 1);
-	if (!e)
-		return NULL;
-	strcpy(e->s, s);
-	e->next = j->strings[h % NBUCKETS];
-	j->strings[h % NBUCKETS] = e;
-	return e->s;
 }
 
 static struct proc *find_proc(struct jvm *j, uint32_t pid)
@@ -514,8 +488,8 @@ static int take_field(struct reader *r, const uint8_t *e, const char *type, void
 	memcpy(&is_static, e + c->is_static, sizeof(is_static));
 	f = &vm->fields[vm->nfields];
 	pthread_mutex_lock(&r->j->lock);
-	f->type = intern(r->j, type);
-	f->field = intern(r->j, name);
+	f->type = plugin_strings_intern(&r->j->strings, type);
+	f->field = plugin_strings_intern(&r->j->strings, name);
 	pthread_mutex_unlock(&r->j->lock);
 	if (!f->type || !f->field)
 		return -ENOMEM;
@@ -548,7 +522,7 @@ static int take_type(struct reader *r, const uint8_t *e, const char *type, void 
 	}
 	t = &vm->types[vm->ntypes];
 	pthread_mutex_lock(&r->j->lock);
-	t->name = intern(r->j, type);
+	t->name = plugin_strings_intern(&r->j->strings, type);
 	pthread_mutex_unlock(&r->j->lock);
 	if (!t->name)
 		return -ENOMEM;
@@ -923,7 +897,7 @@ static int load_perfmap(struct jvm *j, const struct job *jb, struct perf_sym **o
 			syms = t;
 		}
 		pthread_mutex_lock(&j->lock);
-		syms[n].name = intern(j, name);
+		syms[n].name = plugin_strings_intern(&j->strings, name);
 		pthread_mutex_unlock(&j->lock);
 		if (!syms[n].name)
 			goto nomem;
@@ -1284,14 +1258,6 @@ static int jvm_write_metrics(void *state, FILE *out)
 	return 0;
 }
 
-static int reuse(const struct sonde_host_api *api, struct sonde_host *host, struct bpf_map *map,
-		 const char *name)
-{
-	int fd = api->map_fd(host, name);
-
-	return fd < 0 ? fd : bpf_map__reuse_fd(map, fd);
-}
-
 static void jvm_fini(void *state);
 
 static void *jvm_init(const struct sonde_host_api *api, struct sonde_host *host,
@@ -1323,11 +1289,7 @@ static void *jvm_init(const struct sonde_host_api *api, struct sonde_host *host,
 		goto fail;
 	}
 	j->skel->rodata->jvm_kind = (uint64_t)kind;
-	rc = reuse(api, host, j->skel->maps.scratch, "scratch");
-	if (!rc)
-		rc = reuse(api, host, j->skel->maps.stats, "stats");
-	if (!rc)
-		rc = reuse(api, host, j->skel->maps.events, "events");
+	rc = plugin_reuse_core_maps(api, host, j->skel->obj);
 	if (!rc)
 		rc = jvm_bpf__load(j->skel);
 	if (rc) {
@@ -1362,7 +1324,6 @@ static void jvm_fini(void *state)
 	struct jvm *j = state;
 	struct proc *p;
 	struct job *jb;
-	size_t b;
 
 	if (!j)
 		return;
@@ -1384,14 +1345,7 @@ static void jvm_fini(void *state)
 		j->procs = p->next;
 		free_proc(p);
 	}
-	for (b = 0; b < NBUCKETS; b++) {
-		struct interned *s;
-
-		while ((s = j->strings[b])) {
-			j->strings[b] = s->next;
-			free(s);
-		}
-	}
+	plugin_strings_release(&j->strings);
 	pthread_cond_destroy(&j->wake);
 	pthread_mutex_destroy(&j->lock);
 	free(j);

@@ -47,6 +47,7 @@
 #include <sonde/plugin.h>
 
 #include "native.h"
+#include "plugin_util.h"
 #include "native.skel.h"
 #include "tables.h"
 
@@ -894,13 +895,6 @@ static int native_metrics(void *state, FILE *out)
 	return ferror(out) ? -EIO : 0;
 }
 
-static int reuse(struct unw *u, struct bpf_map *map, const char *name)
-{
-	int fd = u->api->map_fd(u->host, name);
-
-	return fd < 0 ? fd : bpf_map__reuse_fd(map, fd);
-}
-
 static void native_fini(void *state);
 
 /* mkdir -p, the last component with mode (the parents 0755). 0 or -errno. */
@@ -1002,11 +996,7 @@ static void *native_init(const struct sonde_host_api *api, struct sonde_host *ho
 		rc = bpf_map__set_max_entries(u->skel->maps.unw_rescan,
 					      (uint32_t)set->max_processes);
 	if (!rc)
-		rc = reuse(u, u->skel->maps.scratch, "scratch");
-	if (!rc)
-		rc = reuse(u, u->skel->maps.stats, "stats");
-	if (!rc)
-		rc = reuse(u, u->skel->maps.events, "events");
+		rc = plugin_reuse_core_maps(u->api, u->host, u->skel->obj);
 	if (!rc)
 		rc = native_bpf__load(u->skel);
 	if (rc) {

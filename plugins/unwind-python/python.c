@@ -30,6 +30,8 @@
 #include <linux/types.h>
 #include <sonde/plugin.h>
 
+#include "plugin_util.h"
+
 #include "python.h"
 #include "python.skel.h"
 
@@ -90,11 +92,6 @@ struct code {
 	size_t linetable_len;
 };
 
-struct interned {
-	struct interned *next;
-	char s[];
-};
-
 struct proc {
 	struct proc *next;
 	uint32_t pid;
@@ -108,7 +105,7 @@ struct py {
 	struct python_bpf *skel;
 	struct proc *procs;
 	struct code *codes[NBUCKETS];
-	struct interned *strings[NBUCKETS];
+	struct plugin_strings strings; /* names handed to the core, until fini */
 	uint64_t stale, symbol_read;
 };
 
@@ -118,28 +115,6 @@ static uint64_t hash64(uint64_t x)
 	x *= 0xff51afd7ed558ccdULL;
 	x ^= x >> 33;
 	return x;
-}
-
-/* Names handed to the core live until fini: a freed code object's name may
- * still be in a profile being written. */
-static const char *intern(struct py *py, const char *s)
-{
-	uint64_t h = 1469598103934665603ULL;
-	struct interned *e;
-	const char *c;
-
-	for (c = s; *c; c++)
-		h = (h ^ (uint8_t)*c) * 1099511628211ULL;
-	for (e = py->strings[h % NBUCKETS]; e; e = e->next)
-		if (!strcmp(e->s, s))
-			return e->s;
-	e = malloc(sizeof(*e) + strlen(s) + 1);
-	if (!e)
-		return NULL;
-	strcpy(e->s, s);
-	e->next = py->strings[h % NBUCKETS];
-	py->strings[h % NBUCKETS] = e;
-	return e->s;
 }
 
 static struct proc *find_proc(struct py *py, uint32_t pid)
@@ -316,8 +291,8 @@ static struct code *load_code(struct py *py, const struct proc *p, uint64_t addr
 	c->pid = p->pid;
 	c->addr = addr;
 	c->firstlineno = (uint32_t)first;
-	c->qualname = intern(py, name);
-	c->filename = intern(py, file);
+	c->qualname = plugin_strings_intern(&py->strings, name);
+	c->filename = plugin_strings_intern(&py->strings, file);
 	if (!c->qualname || !c->filename)
 		goto fail;
 	if (lt && !read_exact(py, p->pid, lt + l->bytes_size, &ltlen, sizeof(ltlen)) && ltlen > 0 &&
@@ -630,14 +605,6 @@ static int py_write_metrics(void *state, FILE *out)
 	return 0;
 }
 
-static int reuse(const struct sonde_host_api *api, struct sonde_host *host, struct bpf_map *map,
-		 const char *name)
-{
-	int fd = api->map_fd(host, name);
-
-	return fd < 0 ? fd : bpf_map__reuse_fd(map, fd);
-}
-
 static void py_fini(void *state);
 
 static void *py_init(const struct sonde_host_api *api, struct sonde_host *host,
@@ -661,11 +628,7 @@ static void *py_init(const struct sonde_host_api *api, struct sonde_host *host,
 		goto fail;
 	}
 	py->skel->rodata->py_kind = (uint64_t)kind;
-	rc = reuse(api, host, py->skel->maps.scratch, "scratch");
-	if (!rc)
-		rc = reuse(api, host, py->skel->maps.stats, "stats");
-	if (!rc)
-		rc = reuse(api, host, py->skel->maps.events, "events");
+	rc = plugin_reuse_core_maps(api, host, py->skel->obj);
 	if (!rc)
 		rc = python_bpf__load(py->skel);
 	if (rc) {
@@ -700,17 +663,13 @@ static void py_fini(void *state)
 	}
 	for (b = 0; b < NBUCKETS; b++) {
 		struct code *c;
-		struct interned *s;
 
 		while ((c = py->codes[b])) {
 			py->codes[b] = c->next;
 			free_code(c);
 		}
-		while ((s = py->strings[b])) {
-			py->strings[b] = s->next;
-			free(s);
-		}
 	}
+	plugin_strings_release(&py->strings);
 	free(py);
 }
 

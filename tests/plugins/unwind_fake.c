@@ -12,6 +12,7 @@
 #include <bpf/libbpf.h>
 #include <sonde/plugin.h>
 
+#include "plugin_util.h"
 #include "unwind_fake.skel.h"
 
 struct fake {
@@ -27,14 +28,6 @@ static int fake_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t pay
 	frames[0] = (struct sonde_plugin_frame){ .function = "fake_frame", .file = "fake.py",
 						 .line = 42 };
 	return 1;
-}
-
-static int reuse(const struct sonde_host_api *api, struct sonde_host *host, struct bpf_map *map,
-		 const char *name)
-{
-	int fd = api->map_fd(host, name);
-
-	return fd < 0 ? fd : bpf_map__reuse_fd(map, fd);
 }
 
 static void *fake_init(const struct sonde_host_api *api, struct sonde_host *host,
@@ -55,11 +48,7 @@ static void *fake_init(const struct sonde_host_api *api, struct sonde_host *host
 		goto fail;
 	}
 	f->skel->rodata->fake_kind = (uint64_t)kind;
-	rc = reuse(api, host, f->skel->maps.scratch, "scratch");
-	if (!rc)
-		rc = reuse(api, host, f->skel->maps.stats, "stats");
-	if (!rc)
-		rc = reuse(api, host, f->skel->maps.events, "events");
+	rc = plugin_reuse_core_maps(api, host, f->skel->obj);
 	if (!rc)
 		rc = unwind_fake_bpf__load(f->skel);
 	if (rc) {

@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Helpers the shipped plugins share, linked statically into each (plugins
+ * never link against sonded). Only what several plugins need the same way.
+ */
+#ifndef SONDE_PLUGIN_UTIL_H
+#define SONDE_PLUGIN_UTIL_H
+
+#include <sonde/plugin.h>
+
+struct bpf_object;
+
+#define PLUGIN_STRINGS_BUCKETS 1024
+
+/*
+ * Interned strings: the names a plugin hands the core (functions, files)
+ * must live until its fini(), since a profile being written may still
+ * point at them. Zero-initialize; not thread-safe (callers lock).
+ */
+struct plugin_string;
+struct plugin_strings {
+	struct plugin_string *buckets[PLUGIN_STRINGS_BUCKETS];
+};
+
+/* The one copy of s, or NULL on ENOMEM. */
+const char *plugin_strings_intern(struct plugin_strings *ps, const char *s);
+/* Frees every string; the struct can be used again. */
+void plugin_strings_release(struct plugin_strings *ps);
+
+/*
+ * Before bpf_object__load(): makes the object's copies of the core's shared
+ * maps ("scratch", "stats", "events": those it declares) the core's own, so
+ * an unwinder fills the sample the sampler started and emits it into the
+ * core's ringbuf. 0 or -errno.
+ */
+int plugin_reuse_core_maps(const struct sonde_host_api *api, struct sonde_host *host,
+			   struct bpf_object *obj);
+
+#endif /* SONDE_PLUGIN_UTIL_H */
