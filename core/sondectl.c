@@ -48,7 +48,7 @@ static const char usage_text[] =
 	"\n"
 	"Commands:\n"
 	"  status          version, uptime, sampling, script, plugins, counters\n"
-	"  ps              processes: unwinders, container, plugins that declined\n"
+	"  ps              processes: unwinders (+other plugins), container, declines\n"
 	"  top             live top functions by self samples, refreshed like perf top\n"
 	"  record -o FILE  write a pprof profile (gzip'd protobuf) to FILE\n"
 	"  folded          folded stacks on stdout (\"root;...;leaf count\"), for\n"
@@ -740,15 +740,22 @@ static int cmd_ps(const struct opts *o)
 		get_int(p, "pid", &pid);
 		if (prof && prof->type == MSGPACK_OBJECT_BOOLEAN && !prof->via.boolean) {
 			snprintf(unwbuf, sizeof(unwbuf), "(not profiled)");
-		} else if (unw && unw->type == MSGPACK_OBJECT_ARRAY) {
-			for (uint32_t j = 0; j < unw->via.array.size; j++) {
-				const msgpack_object *u = &unw->via.array.ptr[j];
+		} else {
+			/* the unwinders, then "+plugin" for the others watching it */
+			const msgpack_object *lists[2] = { unw, get(p, "plugins") };
 
-				if (u->type != MSGPACK_OBJECT_STR || used >= sizeof(unwbuf))
+			for (int l = 0; l < 2; l++) {
+				if (!lists[l] || lists[l]->type != MSGPACK_OBJECT_ARRAY)
 					continue;
-				used += snprintf(unwbuf + used, sizeof(unwbuf) - used, "%s%.*s",
-						 used ? "," : "", (int)u->via.str.size,
-						 u->via.str.ptr);
+				for (uint32_t j = 0; j < lists[l]->via.array.size; j++) {
+					const msgpack_object *u = &lists[l]->via.array.ptr[j];
+
+					if (u->type != MSGPACK_OBJECT_STR || used >= sizeof(unwbuf))
+						continue;
+					used += snprintf(unwbuf + used, sizeof(unwbuf) - used,
+							 "%s%s%.*s", used ? "," : "", l ? "+" : "",
+							 (int)u->via.str.size, u->via.str.ptr);
+				}
 			}
 		}
 		if (!unwbuf[0])
