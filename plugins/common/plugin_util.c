@@ -2,9 +2,14 @@
 #include "plugin_util.h"
 
 #include <bpf/libbpf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct plugin_string {
 	struct plugin_string *next;
@@ -70,4 +75,76 @@ int plugin_reuse_core_maps(const struct sonde_host_api *api, struct sonde_host *
 			return err;
 	}
 	return 0;
+}
+
+/* The first 4 bytes of sym's data, where the file holds them. */
+static void read_value(Elf *elf, const GElf_Sym *sym, struct plugin_dynsym *w)
+{
+	Elf_Scn *scn = elf_getscn(elf, sym->st_shndx);
+	Elf_Data *d = scn ? elf_getdata(scn, NULL) : NULL;
+	GElf_Shdr sh;
+
+	if (!d || !d->d_buf || !gelf_getshdr(scn, &sh) || sh.sh_type == SHT_NOBITS)
+		return;
+	if (sym->st_value < sh.sh_addr || sym->st_value + 4 > sh.sh_addr + d->d_size)
+		return;
+	memcpy(&w->value, (const char *)d->d_buf + (sym->st_value - sh.sh_addr), 4);
+	w->has_value = true;
+}
+
+int plugin_elf_dynsyms(const char *file, struct plugin_dynsym *want, size_t n,
+		       uint64_t *base_vaddr)
+{
+	Elf *elf = NULL;
+	Elf_Scn *scn = NULL;
+	GElf_Shdr sh;
+	size_t i, k, nph;
+	int fd, ret = -ENOENT;
+
+	for (k = 0; k < n; k++) {
+		want[k].addr = 0;
+		want[k].has_value = false;
+	}
+	*base_vaddr = 0;
+	elf_version(EV_CURRENT);
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	elf = elf_begin(fd, ELF_C_READ, NULL);
+	if (!elf || elf_getphdrnum(elf, &nph))
+		goto cleanup;
+	for (i = 0; i < nph; i++) {
+		GElf_Phdr ph;
+
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD) {
+			*base_vaddr = ph.p_vaddr - ph.p_offset;
+			break;
+		}
+	}
+	while ((scn = elf_nextscn(elf, scn))) {
+		Elf_Data *d;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM || !sh.sh_entsize)
+			continue;
+		d = elf_getdata(scn, NULL);
+		for (i = 0; d && i < sh.sh_size / sh.sh_entsize; i++) {
+			GElf_Sym sym;
+			const char *name;
+
+			if (!gelf_getsym(d, (int)i, &sym) || sym.st_shndx == SHN_UNDEF)
+				continue;
+			name = elf_strptr(elf, sh.sh_link, sym.st_name);
+			for (k = 0; name && k < n; k++) {
+				if (strcmp(name, want[k].name) != 0)
+					continue;
+				want[k].addr = sym.st_value;
+				read_value(elf, &sym, &want[k]);
+			}
+		}
+		ret = 0;
+	}
+cleanup:
+	elf_end(elf);
+	close(fd);
+	return ret;
 }

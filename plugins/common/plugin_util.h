@@ -6,6 +6,9 @@
 #ifndef SONDE_PLUGIN_UTIL_H
 #define SONDE_PLUGIN_UTIL_H
 
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <sonde/plugin.h>
 
 struct bpf_object;
@@ -35,5 +38,22 @@ void plugin_strings_release(struct plugin_strings *ps);
  */
 int plugin_reuse_core_maps(const struct sonde_host_api *api, struct sonde_host *host,
 			   struct bpf_object *obj);
+
+/* A symbol an interpreter plugin looks for in a runtime's .dynsym. */
+struct plugin_dynsym {
+	const char *name;
+	uint64_t addr;   /* out: its file vaddr; 0 when missing */
+	uint32_t value;  /* out: the first 4 bytes of its data in the file ... */
+	bool has_value;  /* ... when the file holds them (not .bss) */
+};
+
+/*
+ * Reads the .dynsym of the ELF file for the n symbols in want, and
+ * *base_vaddr = p_vaddr - p_offset of its first PT_LOAD (to turn a file
+ * vaddr into a runtime address with the mapping's start). 0, or -errno
+ * (-ENOENT: not ELF, or no .dynsym).
+ */
+int plugin_elf_dynsyms(const char *file, struct plugin_dynsym *want, size_t n,
+		       uint64_t *base_vaddr);
 
 #endif /* SONDE_PLUGIN_UTIL_H */

@@ -21,9 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <gelf.h>
 #include <inttypes.h>
-#include <libelf.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -299,52 +297,15 @@ struct syms {
 
 static int read_syms(const char *file, struct syms *s)
 {
-	Elf *elf = NULL;
-	Elf_Scn *scn = NULL;
-	GElf_Shdr sh;
-	size_t i, n;
-	int fd, ret = -ENOENT, k;
+	struct plugin_dynsym want[S__COUNT];
+	int k, ret;
 
 	memset(s, 0, sizeof(*s));
-	elf_version(EV_CURRENT);
-	fd = open(file, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	elf = elf_begin(fd, ELF_C_READ, NULL);
-	if (!elf || elf_getphdrnum(elf, &n))
-		goto cleanup;
-	for (i = 0; i < n; i++) {
-		GElf_Phdr ph;
-
-		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD) {
-			s->base_vaddr = ph.p_vaddr - ph.p_offset;
-			break;
-		}
-	}
-	while ((scn = elf_nextscn(elf, scn))) {
-		Elf_Data *d;
-
-		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM || !sh.sh_entsize)
-			continue;
-		d = elf_getdata(scn, NULL);
-		for (i = 0; d && i < sh.sh_size / sh.sh_entsize; i++) {
-			GElf_Sym sym;
-			const char *name;
-
-			if (!gelf_getsym(d, (int)i, &sym) || sym.st_shndx == SHN_UNDEF)
-				continue;
-			name = elf_strptr(elf, sh.sh_link, sym.st_name);
-			if (!name || strncmp(name, "gHotSpotVM", 10))
-				continue;
-			for (k = 0; k < S__COUNT; k++)
-				if (!strcmp(name, vm_sym_names[k]))
-					s->addr[k] = sym.st_value;
-		}
-	}
-	ret = 0;
-cleanup:
-	elf_end(elf);
-	close(fd);
+	for (k = 0; k < S__COUNT; k++)
+		want[k] = (struct plugin_dynsym){ .name = vm_sym_names[k] };
+	ret = plugin_elf_dynsyms(file, want, S__COUNT, &s->base_vaddr);
+	for (k = 0; !ret && k < S__COUNT; k++)
+		s->addr[k] = want[k].addr;
 	return ret;
 }
 

@@ -15,9 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <gelf.h>
 #include <inttypes.h>
-#include <libelf.h>
 #include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -399,66 +397,20 @@ struct syms {
 
 static int read_syms(const char *file, struct syms *s)
 {
-	Elf *elf = NULL;
-	Elf_Scn *scn = NULL;
-	GElf_Shdr sh;
-	size_t i, n;
-	int fd, ret = -ENOENT;
+	struct plugin_dynsym want[] = { { .name = "_PyRuntime" },
+					{ .name = "PyCode_Type" },
+					{ .name = "Py_Version" } };
+	int ret;
 
 	memset(s, 0, sizeof(*s));
-	elf_version(EV_CURRENT);
-	fd = open(file, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	elf = elf_begin(fd, ELF_C_READ, NULL);
-	if (!elf || elf_getphdrnum(elf, &n))
-		goto cleanup;
-	for (i = 0; i < n; i++) {
-		GElf_Phdr ph;
-
-		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_LOAD) {
-			s->base_vaddr = ph.p_vaddr - ph.p_offset;
-			break;
-		}
-	}
-	while ((scn = elf_nextscn(elf, scn))) {
-		Elf_Data *d;
-
-		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNSYM)
-			continue;
-		d = elf_getdata(scn, NULL);
-		for (i = 0; d && i < sh.sh_size / sh.sh_entsize; i++) {
-			GElf_Sym sym;
-			const char *name;
-
-			if (!gelf_getsym(d, (int)i, &sym) || sym.st_shndx == SHN_UNDEF)
-				continue;
-			name = elf_strptr(elf, sh.sh_link, sym.st_name);
-			if (!name)
-				continue;
-			if (!strcmp(name, "_PyRuntime"))
-				s->runtime = sym.st_value;
-			else if (!strcmp(name, "PyCode_Type"))
-				s->code_type = sym.st_value;
-			else if (!strcmp(name, "Py_Version")) {
-				Elf_Scn *vs = elf_getscn(elf, sym.st_shndx);
-				GElf_Shdr vsh;
-				Elf_Data *vd = vs ? elf_getdata(vs, NULL) : NULL;
-
-				if (vd && gelf_getshdr(vs, &vsh) && sym.st_value >= vsh.sh_addr &&
-				    sym.st_value + 4 <= vsh.sh_addr + vd->d_size) {
-					memcpy(&s->version,
-					       (char *)vd->d_buf + (sym.st_value - vsh.sh_addr), 4);
-					s->has_version = true;
-				}
-			}
-		}
-	}
-	ret = s->runtime && s->code_type ? 0 : -ENOENT;
-cleanup:
-	elf_end(elf);
-	close(fd);
-	return ret;
+	ret = plugin_elf_dynsyms(file, want, sizeof(want) / sizeof(want[0]), &s->base_vaddr);
+	if (ret)
+		return ret;
+	s->runtime = want[0].addr;
+	s->code_type = want[1].addr;
+	s->version = want[2].value;
+	s->has_version = want[2].has_value;
+	return s->runtime && s->code_type ? 0 : -ENOENT;
 }
 
 static int py_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
