@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "plugin_util.h"
 
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -147,4 +148,26 @@ cleanup:
 	elf_end(elf);
 	close(fd);
 	return ret;
+}
+
+int plugin_percpu_sums(int map_fd, uint32_t nkeys, uint64_t *out)
+{
+	int ncpu = libbpf_num_possible_cpus(), c;
+	uint64_t *vals;
+	uint32_t key;
+
+	if (ncpu <= 0)
+		return ncpu ? ncpu : -EINVAL;
+	vals = calloc((size_t)ncpu, sizeof(*vals));
+	if (!vals)
+		return -ENOMEM;
+	for (key = 0; key < nkeys; key++) {
+		out[key] = 0;
+		if (bpf_map_lookup_elem(map_fd, &key, vals))
+			continue;
+		for (c = 0; c < ncpu; c++)
+			out[key] += vals[c];
+	}
+	free(vals);
+	return 0;
 }

@@ -39,6 +39,13 @@ void plugin_strings_release(struct plugin_strings *ps);
 int plugin_reuse_core_maps(const struct sonde_host_api *api, struct sonde_host *host,
 			   struct bpf_object *obj);
 
+/*
+ * Sums each of the first nkeys slots of a BPF_MAP_TYPE_PERCPU_ARRAY of
+ * u64 counters over the CPUs into out[key] (a slot that cannot be read
+ * counts 0). 0 or -errno.
+ */
+int plugin_percpu_sums(int map_fd, uint32_t nkeys, uint64_t *out);
+
 /* A symbol an interpreter plugin looks for in a runtime's .dynsym. */
 struct plugin_dynsym {
 	const char *name;

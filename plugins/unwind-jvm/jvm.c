@@ -1173,16 +1173,14 @@ static const char *const error_names[JVM_ERR__COUNT] = {
 static int jvm_write_metrics(void *state, FILE *out)
 {
 	struct jvm *j = state;
-	int ncpu = libbpf_num_possible_cpus();
-	uint64_t *vals, paths[PATH__COUNT] = {0}, user[JVM_ERR__COUNT] = {0};
+	uint64_t paths[PATH__COUNT] = {0}, user[JVM_ERR__COUNT] = {0};
 	struct proc *p;
 	uint32_t r;
+	int err;
 
-	if (ncpu <= 0)
-		return ncpu ? ncpu : -EINVAL;
-	vals = calloc((size_t)ncpu, sizeof(*vals));
-	if (!vals)
-		return -ENOMEM;
+	err = plugin_percpu_sums(bpf_map__fd(j->skel->maps.jvm_errors), JVM_ERR__BPF, user);
+	if (err)
+		return err;
 	pthread_mutex_lock(&j->lock);
 	for (p = j->procs; p; p = p->next)
 		if (p->path != PATH_DECLINED)
@@ -1201,21 +1199,9 @@ static int jvm_write_metrics(void *state, FILE *out)
 	fprintf(out, "# HELP sonde_unwind_jvm_errors_total JVM stacks not fully unwound or "
 		     "frames not named, by reason.\n"
 		     "# TYPE sonde_unwind_jvm_errors_total counter\n");
-	for (r = 0; r < JVM_ERR__COUNT; r++) {
-		uint64_t sum = 0;
-		int c;
-
-		if (r < JVM_ERR__BPF) {
-			if (!bpf_map_lookup_elem(bpf_map__fd(j->skel->maps.jvm_errors), &r, vals))
-				for (c = 0; c < ncpu; c++)
-					sum += vals[c];
-		} else {
-			sum = user[r];
-		}
+	for (r = 0; r < JVM_ERR__COUNT; r++)
 		fprintf(out, "sonde_unwind_jvm_errors_total{reason=\"%s\"} %" PRIu64 "\n",
-			error_names[r], sum);
-	}
-	free(vals);
+			error_names[r], user[r]);
 	return 0;
 }
 

@@ -527,33 +527,21 @@ static const char *const error_names[PY_ERR__COUNT] = {
 static int py_write_metrics(void *state, FILE *out)
 {
 	struct py *py = state;
-	int ncpu = libbpf_num_possible_cpus();
-	uint64_t *vals;
+	uint64_t sums[PY_ERR__COUNT] = { 0 };
 	uint32_t r;
+	int err;
 
-	if (ncpu <= 0)
-		return ncpu ? ncpu : -EINVAL;
-	vals = calloc((size_t)ncpu, sizeof(*vals));
-	if (!vals)
-		return -ENOMEM;
+	err = plugin_percpu_sums(bpf_map__fd(py->skel->maps.py_errors), PY_ERR__BPF, sums);
+	if (err)
+		return err;
+	sums[PY_ERR_STALE] = py->stale;
+	sums[PY_ERR_SYMBOL_READ] = py->symbol_read;
 	fprintf(out, "# HELP sonde_unwind_python_errors_total Python stacks not fully unwound "
 		     "or frames not named, by reason.\n"
 		     "# TYPE sonde_unwind_python_errors_total counter\n");
-	for (r = 0; r < PY_ERR__COUNT; r++) {
-		uint64_t sum = 0;
-		int c;
-
-		if (r < PY_ERR__BPF) {
-			if (!bpf_map_lookup_elem(bpf_map__fd(py->skel->maps.py_errors), &r, vals))
-				for (c = 0; c < ncpu; c++)
-					sum += vals[c];
-		} else {
-			sum = r == PY_ERR_STALE ? py->stale : py->symbol_read;
-		}
+	for (r = 0; r < PY_ERR__COUNT; r++)
 		fprintf(out, "sonde_unwind_python_errors_total{reason=\"%s\"} %" PRIu64 "\n",
-			error_names[r], sum);
-	}
-	free(vals);
+			error_names[r], sums[r]);
 	return 0;
 }
 
