@@ -22,7 +22,6 @@
 /* The protocol version carried as "v" in every request and reply. */
 #define SONDE_CONTROL_VERSION	  1
 #define SONDE_CONTROL_URL_DEFAULT "ipc:///run/sonde/control.ipc"
-#define SONDE_EXPORT_URL_DEFAULT  "ipc:///run/sonde/export.ipc"
 
 struct sonde_control;
 /* A request being answered; the handler answers it now or later. */

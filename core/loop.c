@@ -28,7 +28,6 @@ struct sonde_loop_timer {
 	struct registration *reg;
 	sonde_loop_timer_cb cb;
 	void *ctx;
-	bool once;
 };
 
 struct sonde_loop {
@@ -215,7 +214,6 @@ struct sonde_loop_timer *sonde_loop__add_timer(struct sonde_loop *loop, uint64_t
 		goto fail;
 	timer->cb = cb;
 	timer->ctx = ctx;
-	timer->once = interval_ms == 0;
 	timer->reg = add(loop, fd, EPOLLIN, on_timer, timer);
 	if (!timer->reg)
 		goto fail;

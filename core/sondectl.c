@@ -31,6 +31,7 @@
 
 /* Only its macros: sondectl links none of the core. */
 #include "control.h"
+#include "export.h" /* only for SONDE_EXPORT_DEFAULT_URL */
 
 #define EXIT_FAIL  1
 #define EXIT_USAGE 2
@@ -57,7 +58,7 @@ static const char usage_text[] =
 	"\n"
 	"Options:\n"
 	"  --control URL   control socket (default " SONDE_CONTROL_URL_DEFAULT ")\n"
-	"  --export URL    export socket for tail (default " SONDE_EXPORT_URL_DEFAULT ")\n"
+	"  --export URL    export socket for tail (default " SONDE_EXPORT_DEFAULT_URL ")\n"
 	"  --timeout S     seconds to wait for a reply beyond the profile's own\n"
 	"                  duration (default 5); tail: give up after S seconds\n"
 	"                  without a message (default: wait forever)\n"
@@ -1228,7 +1229,7 @@ int main(int argc, char **argv)
 {
 	struct opts o = {
 		.control_url = SONDE_CONTROL_URL_DEFAULT,
-		.export_url = SONDE_EXPORT_URL_DEFAULT,
+		.export_url = SONDE_EXPORT_DEFAULT_URL,
 		.seconds = DEFAULT_SECONDS,
 		.interval = DEFAULT_INTERVAL,
 		.rows = DEFAULT_ROWS,

@@ -389,7 +389,7 @@ static int find_interpreter(uint32_t pid, char *path, size_t pathlen, int *minor
 }
 
 struct syms {
-	uint64_t runtime, code_type, version_addr;
+	uint64_t runtime, code_type;
 	uint32_t version;
 	bool has_version;
 	uint64_t base_vaddr; /* p_vaddr - p_offset of the segment at file offset 0 */
