@@ -52,9 +52,34 @@ struct {
 	__type(value, __u64);
 } unw_stats SEC(".maps");
 
+/*
+ * The user stack, read a window at a time: a bpf_probe_read_user() costs
+ * about as much for 8 bytes as for a few hundred (bench/unwind-native), and
+ * a walk reads upward through small frames, so one read serves several.
+ * The 8 bytes past the window let a masked offset read a whole word.
+ */
+#define STACK_WINDOW 512 /* a power of two, at most a page */
+#define PAGE_SIZE_ 4096
+
+struct stack_window {
+	__u8 bytes[STACK_WINDOW + 8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stack_window);
+} unw_window SEC(".maps");
+
 /* log2 of unw_rows' size, rounded up: the steps of the row search. Set
  * by userspace before load. */
 const volatile __u32 row_search_steps = 24;
+
+/* Where the window is: the user address of its first byte; 0: empty. */
+struct window_at {
+	__u64 base;
+};
 
 struct walk {
 	struct sonde_sample *s;
@@ -66,7 +91,42 @@ struct walk {
 	__u32 end; /* the enum sonde_unw_stat that ended the walk */
 	__u32 tgid;
 	__u32 cfi, fp; /* frames stepped each way, counted once at the end */
+	struct stack_window *win;
+	struct window_at win_at;
 };
+
+/*
+ * The word of user stack at addr, into *out, from the window. A miss
+ * refills it with the STACK_WINDOW bytes from addr, or those ending at the
+ * end of addr's page when that comes first: the page above may not be
+ * mapped, and a faulting read costs more than it saves. 0, or -1 when
+ * addr cannot be read.
+ *
+ * Global, so the verifier checks it once: inlined into the walk, the
+ * masked window offsets would be tracked precisely through every step and
+ * the walk's states would no longer merge (the 1M instruction limit).
+ */
+__noinline int read_stack(struct stack_window *win, struct window_at *at, __u64 addr, __u64 *out)
+{
+	__u64 start;
+
+	if (!win || !at || !out)
+		return -1;
+	if (addr & 7) /* stack slots are aligned; this one is odd: read it alone */
+		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
+	if (!at->base || addr < at->base || addr + 8 > at->base + STACK_WINDOW) {
+		start = (addr | (PAGE_SIZE_ - 1)) + 1 - STACK_WINDOW;
+		if (start > addr)
+			start = addr;
+		if (bpf_probe_read_user(win->bytes, STACK_WINDOW, (void *)start)) {
+			at->base = 0;
+			return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
+		}
+		at->base = start;
+	}
+	*out = *(__u64 *)&win->bytes[(addr - at->base) & (STACK_WINDOW - 1)];
+	return 0;
+}
 
 static __always_inline void stat_add(__u32 stat, __u64 n)
 {
@@ -133,16 +193,34 @@ static __always_inline struct sonde_unw_mapping *find_mapping(struct sonde_unw_p
 	return pc < m->end ? m : NULL;
 }
 
-/* The row covering ELF address addr in [first, first + count), or NULL. */
-static __always_inline struct sonde_unw_row *find_row(__u32 first, __u32 count, __u64 addr)
+/* The row of m's table covering ELF address addr, or NULL: the page
+ * index narrows the search to the few rows that start in addr's page. */
+static __always_inline struct sonde_unw_row *find_row(const struct sonde_unw_mapping *m, __u64 addr)
 {
-	struct search q = {.key = addr, .base = first, .hi = count};
-	__u32 key;
+	struct search q = {.key = addr, .base = m->first};
+	__u64 page = addr >> SONDE_UNW_PAGE_SHIFT;
+	struct sonde_unw_page *pg;
+	__u32 key, lo;
 
-	bpf_loop(row_search_steps + 1, search_cb, &q, 0);
-	if (!q.lo || q.lo < q.hi)
+	if (page < m->page_lo)
 		return NULL;
-	key = first + q.lo - 1;
+	page -= m->page_lo;
+	if (page >= m->npages) { /* past the last row's page: the last row */
+		q.lo = m->rows - 1;
+		q.hi = m->rows;
+	} else {
+		key = m->first - m->npages + (__u32)page;
+		pg = (struct sonde_unw_page *)bpf_map_lookup_elem(&unw_rows, &key);
+		if (!pg)
+			return NULL;
+		q.lo = pg->row;
+		q.hi = pg->row + pg->count;
+	}
+	lo = q.lo;
+	bpf_loop(row_search_steps + 1, search_cb, &q, 0);
+	if (q.lo == lo || q.lo < q.hi)
+		return NULL;
+	key = m->first + q.lo - 1;
 	return bpf_map_lookup_elem(&unw_rows, &key);
 }
 
@@ -210,7 +288,7 @@ static __always_inline int step(struct walk *w, __u32 i)
 	}
 	/* A return address points after the call; the call is what ran. */
 	addr = w->pc - m->bias - (i ? 1 : 0);
-	r = m->rows ? find_row(m->first, m->rows, addr) : NULL;
+	r = m->rows ? find_row(m, addr) : NULL;
 	if (!r || SONDE_UNW_ROW_CFA(r) == SONDE_UNW_CFA_END)
 		return step_fp(w) ? SONDE_UNW_STOP_NO_CFI : -1;
 
@@ -234,13 +312,15 @@ static __always_inline int step(struct walk *w, __u32 i)
 	}
 	if (cfa <= w->sp)
 		return SONDE_UNW_STOP_NOT_ADVANCING;
-	if (bpf_probe_read_user(&ra, sizeof(ra), (void *)(cfa - 8)))
-		return SONDE_UNW_STOP_READ_FAILED;
+	/* the saved rbp first: it sits below the return address, so the
+	 * window read for it usually holds the return address too */
 	if (SONDE_UNW_ROW_RBP(r) == SONDE_UNW_RBP_CFA) {
 		off = (__s64)r->rbp_off * 8;
-		if (bpf_probe_read_user(&w->bp, sizeof(w->bp), (void *)(cfa + off)))
+		if (read_stack(w->win, &w->win_at, cfa + off, &w->bp))
 			return SONDE_UNW_STOP_READ_FAILED;
 	}
+	if (read_stack(w->win, &w->win_at, cfa - 8, &ra))
+		return SONDE_UNW_STOP_READ_FAILED;
 	w->cfi++;
 	if (!ra)
 		return SONDE_UNW_END_ZERO_RA;
@@ -265,10 +345,14 @@ int unwind_native(struct bpf_perf_event_data *ctx)
 {
 	struct sonde_sample *s = sonde_scratch();
 	struct walk w = {0};
+	__u32 zero = 0;
 	__u64 t0;
 
 	if (!s)
 		return 0;
+	w.win = bpf_map_lookup_elem(&unw_window, &zero);
+	if (!w.win)
+		return sonde_sample_emit(s);
 	w.s = s;
 	w.tgid = s->hdr.pid;
 	w.k = s->kstack_len;

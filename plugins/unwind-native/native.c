@@ -67,7 +67,8 @@ struct table {
 	struct table *next;
 	char key[KEY_LEN];
 	char name[64]; /* the file's base name, for logs */
-	uint32_t first, rows;
+	uint32_t first, rows;	  /* its rows in unw_rows */
+	uint32_t npages, page_lo; /* its page index, right before first */
 	int refs;
 	int err;
 	bool ready;  /* false while the worker has its job */
@@ -207,7 +208,7 @@ static bool evict_unused(struct unw *u)
 			continue;
 		}
 		if (t->rows)
-			extent_release(u, t->first, t->rows);
+			extent_release(u, t->first - t->npages, t->npages + t->rows);
 		*pp = t->next;
 		free(t);
 		freed = true;
@@ -313,6 +314,7 @@ static void finish_job(struct unw *u, struct job *j)
 {
 	struct sonde_unw_table *b = j->built;
 	struct table *t = j->table;
+	size_t npages, need;
 	uint32_t start;
 	int err;
 
@@ -344,18 +346,23 @@ static void finish_job(struct unw *u, struct job *j)
 		u->build_ns += b->stats.build_ns;
 		u->cache_misses += u->cache_dir != NULL;
 	}
-	err = b->nrows > u->max_rows ? -ENOSPC : extent_alloc(u, (uint32_t)b->nrows, &start);
+	npages = sonde_unw_table__npages(b);
+	need = b->nrows + npages;
+	err = need > u->max_rows ? -ENOSPC : extent_alloc(u, (uint32_t)need, &start);
 	if (err == -ENOSPC && evict_unused(u))
-		err = extent_alloc(u, (uint32_t)b->nrows, &start);
+		err = extent_alloc(u, (uint32_t)need, &start);
 	if (err) {
 		t->err = ENOSPC;
-		LOG(u, WARN, "%s: its %zu rows do not fit the table space (%u of %u rows used)",
-		    t->name, b->nrows, u->used_rows, u->max_rows);
+		LOG(u, WARN, "%s: its %zu rows and %zu index entries do not fit the table space "
+		    "(%u of %u rows used)", t->name, b->nrows, npages, u->used_rows, u->max_rows);
 		return;
 	}
-	memcpy(&u->rows[start], b->rows, b->nrows * sizeof(b->rows[0]));
-	t->first = start;
+	sonde_unw_table__pages(b, (struct sonde_unw_page *)&u->rows[start]);
+	memcpy(&u->rows[start + npages], b->rows, b->nrows * sizeof(b->rows[0]));
+	t->first = (uint32_t)(start + npages);
 	t->rows = (uint32_t)b->nrows;
+	t->npages = (uint32_t)npages;
+	t->page_lo = npages ? b->rows[0].pc >> SONDE_UNW_PAGE_SHIFT : 0;
 	LOG(u, INFO, "%s: %u rows (%zu unsupported, %zu plt) from %zu FDEs %s %.1f ms", t->name,
 	    t->rows, t->stats.unsupported, t->stats.plt, t->stats.fdes,
 	    j->from_cache ? "from the cache, built once in" : "in",
@@ -577,6 +584,8 @@ static int install(struct unw *u, struct proc *p, struct scan *sc)
 		if (t && t->rows) {
 			sc->val.mappings[i].first = t->first;
 			sc->val.mappings[i].rows = t->rows;
+			sc->val.mappings[i].npages = t->npages;
+			sc->val.mappings[i].page_lo = t->page_lo;
 		}
 	}
 	qsort(sc->val.mappings, sc->val.nmappings, sizeof(sc->val.mappings[0]), cmp_mapping);

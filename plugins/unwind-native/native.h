@@ -49,16 +49,33 @@ _Static_assert(sizeof(struct sonde_unw_row) == 8, "struct sonde_unw_row layout")
 #define SONDE_UNW_ROW_CFA(r) ((r)->type & 0xf)
 #define SONDE_UNW_ROW_RBP(r) ((r)->type >> 4)
 
+/*
+ * A table's page index, so that the walker searches a handful of rows
+ * instead of all of them: one entry per 2^SONDE_UNW_PAGE_SHIFT bytes of
+ * ELF address space, from the page of the first row to the page of the
+ * last. It sits in unw_rows right before the table's rows (a slice is
+ * [pages][rows]) and is as big as a row.
+ */
+#define SONDE_UNW_PAGE_SHIFT 8
+struct sonde_unw_page {
+	__u32 row;   /* the row covering the page's first byte (0: none does) */
+	__u32 count; /* rows from it on that may cover a byte of the page */
+};
+_Static_assert(sizeof(struct sonde_unw_page) == sizeof(struct sonde_unw_row),
+	       "a page entry takes a row's place");
+
 /* One executable mapping of a process. A mapping with rows == 0 has no
  * table (no .eh_frame, or the build failed): the walker tries rbp there. */
 struct sonde_unw_mapping {
-	__u64 start; /* first address */
-	__u64 end;   /* one past the last */
-	__u64 bias;  /* runtime address - ELF virtual address */
-	__u32 first; /* the table's first row in unw_rows */
-	__u32 rows;  /* how many */
+	__u64 start;   /* first address */
+	__u64 end;     /* one past the last */
+	__u64 bias;    /* runtime address - ELF virtual address */
+	__u32 first;   /* the table's first row in unw_rows */
+	__u32 rows;    /* how many */
+	__u32 npages;  /* its page index: the npages entries before first */
+	__u32 page_lo; /* the page of its first row: its pc >> SONDE_UNW_PAGE_SHIFT */
 };
-_Static_assert(sizeof(struct sonde_unw_mapping) == 32, "struct sonde_unw_mapping layout");
+_Static_assert(sizeof(struct sonde_unw_mapping) == 40, "struct sonde_unw_mapping layout");
 
 /* Value of unw_procs (key: tgid): the mappings sorted by start. */
 #define SONDE_UNW_MAX_MAPPINGS 128 /* a power of two: the search masks with it */
@@ -67,7 +84,7 @@ struct sonde_unw_proc {
 	__u32 pad;
 	struct sonde_unw_mapping mappings[SONDE_UNW_MAX_MAPPINGS];
 };
-_Static_assert(sizeof(struct sonde_unw_proc) == 8 + 32 * SONDE_UNW_MAX_MAPPINGS,
+_Static_assert(sizeof(struct sonde_unw_proc) == 8 + 40 * SONDE_UNW_MAX_MAPPINGS,
 	       "struct sonde_unw_proc layout");
 
 /*

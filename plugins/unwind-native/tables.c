@@ -370,6 +370,36 @@ const struct sonde_unw_row *sonde_unw_table__find(const struct sonde_unw_table *
 	return lo ? &t->rows[lo - 1] : NULL;
 }
 
+size_t sonde_unw_table__npages(const struct sonde_unw_table *t)
+{
+	if (!t->nrows)
+		return 0;
+	return (t->rows[t->nrows - 1].pc >> SONDE_UNW_PAGE_SHIFT) -
+	       (t->rows[0].pc >> SONDE_UNW_PAGE_SHIFT) + 1;
+}
+
+/* One sweep: rows and pages both go up. */
+void sonde_unw_table__pages(const struct sonde_unw_table *t, struct sonde_unw_page *out)
+{
+	size_t npages = sonde_unw_table__npages(t), p, cover = 0, last;
+	uint64_t lo;
+
+	if (!npages)
+		return;
+	lo = t->rows[0].pc >> SONDE_UNW_PAGE_SHIFT;
+	for (p = 0; p < npages; p++) {
+		uint64_t start = (lo + p) << SONDE_UNW_PAGE_SHIFT;
+		uint64_t end = start + (1u << SONDE_UNW_PAGE_SHIFT);
+
+		while (cover + 1 < t->nrows && t->rows[cover + 1].pc <= start)
+			cover++;
+		for (last = cover; last + 1 < t->nrows && t->rows[last + 1].pc < end; last++)
+			;
+		out[p] = (struct sonde_unw_page){ .row = (uint32_t)cover,
+						  .count = (uint32_t)(last - cover + 1) };
+	}
+}
+
 int sonde_unw_elf_key(Elf *elf, int fd, char *buf, size_t len)
 {
 	const uint8_t *id;

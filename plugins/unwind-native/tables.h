@@ -49,6 +49,13 @@ void sonde_unw_table__free(struct sonde_unw_table *t);
 const struct sonde_unw_row *sonde_unw_table__find(const struct sonde_unw_table *t, uint64_t pc);
 
 /*
+ * The page index of t (native.h, struct sonde_unw_page): how many entries
+ * it has (0 for a table with no rows), and the entries, written to out.
+ */
+size_t sonde_unw_table__npages(const struct sonde_unw_table *t);
+void sonde_unw_table__pages(const struct sonde_unw_table *t, struct sonde_unw_page *out);
+
+/*
  * The key tables are shared by: "b:" and the GNU build-id in hex, or when
  * the file has none, "f:" with the device, inode, size and mtime of fd.
  * 0 or -errno (-ENAMETOOLONG when len is too small).

@@ -247,6 +247,78 @@ static void test_libc(void **state)
 	close_elf(&f);
 }
 
+/* The walker's search: the page's entry, then the last row of its few with
+ * pc <= addr (native.bpf.c, find_row). */
+static const struct sonde_unw_row *paged_find(const struct sonde_unw_table *t,
+					      const struct sonde_unw_page *pages, size_t npages,
+					      uint64_t addr)
+{
+	uint64_t lo = t->rows[0].pc >> SONDE_UNW_PAGE_SHIFT, page = addr >> SONDE_UNW_PAGE_SHIFT;
+	const struct sonde_unw_row *found = NULL;
+	size_t first, n, i;
+
+	if (page < lo)
+		return NULL;
+	if (page - lo >= npages) {
+		first = t->nrows - 1;
+		n = 1;
+	} else {
+		first = pages[page - lo].row;
+		n = pages[page - lo].count;
+	}
+	for (i = first; i < first + n; i++)
+		if (t->rows[i].pc <= addr)
+			found = &t->rows[i];
+	return found;
+}
+
+/* The page index of libc finds the rows a search of the whole table finds,
+ * for every row's first byte, the byte before it and bytes in between. */
+static void test_page_index(void **state)
+{
+	struct sonde_unw_table *t;
+	struct sonde_unw_page *pages;
+	struct elf_file f = {-1, NULL};
+	char path[4096];
+	size_t npages, i, most = 0, sum = 0;
+
+	(void)state;
+	assert_int_equal(libc_path(path, sizeof(path)), 0);
+	assert_int_equal(open_elf(&f, path), 0);
+	t = sonde_unw_table__build(f.elf);
+	assert_non_null(t);
+	npages = sonde_unw_table__npages(t);
+	assert_int_equal(npages, (t->rows[t->nrows - 1].pc >> SONDE_UNW_PAGE_SHIFT) -
+					 (t->rows[0].pc >> SONDE_UNW_PAGE_SHIFT) + 1);
+	pages = calloc(npages, sizeof(*pages));
+	assert_non_null(pages);
+	sonde_unw_table__pages(t, pages);
+	for (i = 0; i < npages; i++) {
+		assert_true(pages[i].count >= 1);
+		assert_true(pages[i].row + pages[i].count <= t->nrows);
+		sum += pages[i].count;
+		most = pages[i].count > most ? pages[i].count : most;
+	}
+	print_message("%zu pages of %u bytes for %zu rows: %.1f rows per page, at most %zu\n",
+		      npages, 1u << SONDE_UNW_PAGE_SHIFT, t->nrows, (double)sum / (double)npages,
+		      most);
+	for (i = 0; i < t->nrows; i++) {
+		uint64_t pc = t->rows[i].pc, next = i + 1 < t->nrows ? t->rows[i + 1].pc : pc + 64;
+		uint64_t probes[] = { pc, pc - 1, pc + (next - pc) / 2, next - 1 };
+		size_t k;
+
+		for (k = 0; k < sizeof(probes) / sizeof(probes[0]); k++)
+			if (paged_find(t, pages, npages, probes[k]) !=
+			    sonde_unw_table__find(t, probes[k]))
+				fail_msg("address %#llx: the page index and the full search differ",
+					 (unsigned long long)probes[k]);
+	}
+	assert_null(paged_find(t, pages, npages, t->rows[0].pc - 1));
+	free(pages);
+	sonde_unw_table__free(t);
+	close_elf(&f);
+}
+
 static void test_no_eh_frame_hdr(void **state)
 {
 	struct elf_file f = {-1, NULL};
@@ -370,6 +442,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_special_rows, setup_known, teardown_known),
 		cmocka_unit_test_setup_teardown(test_key_and_bias, setup_known, teardown_known),
 		cmocka_unit_test(test_libc),
+		cmocka_unit_test(test_page_index),
 		cmocka_unit_test(test_no_eh_frame_hdr),
 		cmocka_unit_test(test_cache),
 	};
