@@ -3,13 +3,16 @@
  * The perf_event sampler. One program per online CPU fires at --hz; it
  * records who was on the CPU and the kernel stack, then tail-calls the user
  * stack unwinder the process was given (frame pointers unless a plugin set
- * another in `procs`). Every unwinder ends with sonde_sample_emit(), which
- * sends the used part of the per-CPU scratch record to the events ringbuf.
+ * another in `procs`), and copies the thread's tag (thread_tags.bpf.h) so
+ * that a plugin can label the sample later. Every unwinder ends with
+ * sonde_sample_emit(), which sends the used part of the per-CPU scratch
+ * record to the events ringbuf.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "sample.bpf.h"
+#include "thread_tags.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -28,6 +31,10 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } unwinders SEC(".maps");
+
+/* Set by userspace once a plugin tags threads: until then the sampler
+ * skips the thread_tags lookup. */
+__u32 sonde_tags_on = 0;
 
 SEC("perf_event")
 int sample(struct bpf_perf_event_data *ctx)
@@ -65,6 +72,13 @@ int sample(struct bpf_perf_event_data *ctx)
 	s->flags = (long)ctx->regs.ip >= 0 ? SONDE_SAMPLE_USER_MODE : 0;
 	s->ustack_len = 0;
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
+	s->tag = 0;
+	if (sonde_tags_on) {
+		__u64 *tag = bpf_map_lookup_elem(&thread_tags, &s->tid);
+
+		if (tag)
+			s->tag = *tag;
+	}
 
 	n = bpf_get_stack(ctx, s->frames, SONDE_MAX_KSTACK * sizeof(__u64), 0);
 	if (n < 0) {

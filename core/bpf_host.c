@@ -447,3 +447,9 @@ void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid)
 {
 	bpf_map_delete_elem(bpf_map__fd(host->sample->maps.procs), &pid);
 }
+
+void sonde_bpf_host__enable_tags(struct sonde_bpf_host *host)
+{
+	/* .bss is mmap'd by the skeleton: the sampler sees it at once */
+	host->sample->bss->sonde_tags_on = 1;
+}

@@ -74,4 +74,8 @@ void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid);
  * "unwinders". -ENOENT for another name. */
 int sonde_bpf_host__map_fd(const struct sonde_bpf_host *host, const char *name);
 
+/* From now on the sampler copies each thread's tag (thread_tags) into its
+ * samples; a plugin asked for it (sonde_host_api.register_sample_tags). */
+void sonde_bpf_host__enable_tags(struct sonde_bpf_host *host);
+
 #endif /* SONDE_BPF_HOST_H */

@@ -32,11 +32,17 @@
 #include "store.h"
 #include "strbuf.h"
 #include "symbolize.h"
+#include "tagwait.h"
 
 #define DRAIN_INTERVAL_MS 100
 #define GRACE_NS (30ULL * 1000000000ULL) /* how long exited processes are remembered */
 #define STORE_RETENTION_NS (15ULL * 60 * 1000000000ULL)
 #define STORE_MAX_BYTES (16u << 20)
+/* A tagged sample waits this long for its tag's labels (a request's route
+ * is known when the request ends); at most TAG_WAIT_MAX of them wait. */
+#define TAG_WAIT_NS (10ULL * 1000000000ULL)
+#define TAG_WAIT_MAX 16384
+#define MAX_TAG_LABELS 4
 
 uint64_t daemon_period_ns(const struct sonde_daemon *d)
 {
@@ -125,21 +131,29 @@ static const struct sonde_policy_entry *policy_of(struct sonde_daemon *d, struct
 	return sonde_policy__get(d->policy, proc->pid);
 }
 
-static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, size_t size)
+/* Script labels, then the labels of the sample's thread tag, as many as fit. */
+static uint32_t merge_extra(struct sonde_profile_label *out, const struct sonde_policy_entry *pe,
+			    const struct sonde_plugin_label *tags, int ntags)
+{
+	uint32_t n = 0, i;
+
+	for (i = 0; pe && i < pe->nlabels && n < SONDE_PROFILE_MAX_EXTRA; i++)
+		out[n++] = pe->labels[i];
+	for (i = 0; i < (uint32_t)ntags && n < SONDE_PROFILE_MAX_EXTRA; i++)
+		out[n++] = (struct sonde_profile_label){ .key = tags[i].key, .value = tags[i].value };
+	return n;
+}
+
+static void add_sample(struct sonde_daemon *d, const struct sonde_sample *s,
+		       const struct sonde_plugin_label *tags, int ntags)
 {
 	struct sonde_profile_labels labels = { .pid = s->hdr.pid };
+	struct sonde_profile_label extra[SONDE_PROFILE_MAX_EXTRA];
 	const struct sonde_policy_entry *pe = NULL;
 	struct sonde_proc *proc;
 	char comm[SONDE_COMM_LEN + 1];
 	uint32_t n = 0, i;
 
-	if (size < SONDE_SAMPLE_HDR_SIZE ||
-	    size < SONDE_SAMPLE_HDR_SIZE + 8 * ((size_t)s->kstack_len + s->ustack_len) ||
-	    (size_t)s->kstack_len + s->ustack_len > SONDE_MAX_FRAMES) {
-		d->counters.records_malformed++;
-		return;
-	}
-	d->counters.samples_received++;
 	proc = sonde_procs__get(d->procs, s->hdr.pid);
 	if (proc) {
 		labels.comm = proc->comm;
@@ -155,8 +169,6 @@ static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, 
 	if (pe) {
 		if (!pe->profiled) /* sampled before the kernel learnt it */
 			return;
-		labels.extra = pe->labels;
-		labels.nextra = pe->nlabels;
 		if (pe->comm) /* relabeled by the script; "" drops it */
 			labels.comm = pe->comm;
 		if (pe->exe)
@@ -164,6 +176,8 @@ static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, 
 		if (pe->container_id)
 			labels.container_id = pe->container_id;
 	}
+	labels.extra = extra;
+	labels.nextra = merge_extra(extra, pe, tags, ntags);
 	for (i = 0; i < s->kstack_len; i++)
 		d->frames[n++] = (struct sonde_profile_frame){
 			.obj = d->kernel,
@@ -174,6 +188,63 @@ static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, 
 	if (s->flags & (SONDE_SAMPLE_USTACK_TRUNCATED | SONDE_SAMPLE_KSTACK_TRUNCATED))
 		d->counters.stacks_truncated++;
 	add_to_profiles(d, &labels, n);
+}
+
+/*
+ * Adds the sample with its thread tag's labels, unless the plugin that set
+ * the tag cannot name it yet and the sample has waited less than
+ * TAG_WAIT_NS: false then, and the caller holds it.
+ */
+static bool place_sample(struct sonde_daemon *d, const struct sonde_sample *s, uint64_t held_ns)
+{
+	struct sonde_plugin_label tags[MAX_TAG_LABELS];
+	int ntags = 0;
+
+	if (s->tag) {
+		ntags = sonde_plugins__tag_labels(d->plugins, s->hdr.pid, s->tag, tags,
+						  MAX_TAG_LABELS);
+		if (ntags == 0 && held_ns < TAG_WAIT_NS)
+			return false;
+		if (ntags == 0)
+			d->counters.samples_tag_late++;
+		if (ntags < 0) {
+			d->counters.samples_tag_unknown++;
+			ntags = 0;
+		}
+	}
+	add_sample(d, s, tags, ntags);
+	return true;
+}
+
+static void handle_sample(struct sonde_daemon *d, const struct sonde_sample *s, size_t size)
+{
+	if (size < SONDE_SAMPLE_HDR_SIZE ||
+	    size < SONDE_SAMPLE_HDR_SIZE + 8 * ((size_t)s->kstack_len + s->ustack_len) ||
+	    (size_t)s->kstack_len + s->ustack_len > SONDE_MAX_FRAMES) {
+		d->counters.records_malformed++;
+		return;
+	}
+	d->counters.samples_received++;
+	if (place_sample(d, s, 0))
+		return;
+	if (!sonde_tagwait__hold(d->tagwait, s, size, sonde_now_ns()))
+		return;
+	d->counters.samples_tag_full++;
+	add_sample(d, s, NULL, 0);
+}
+
+static bool retry_held(void *ctx, const void *record, size_t size, uint64_t held_ns)
+{
+	return place_sample(ctx, record, held_ns);
+}
+
+/* Gives held samples another chance to be named; all go when final. */
+static void release_held(struct sonde_daemon *d, bool final)
+{
+	if (!sonde_tagwait__count(d->tagwait))
+		return;
+	sonde_tagwait__retry(d->tagwait, final ? UINT64_MAX : sonde_now_ns(), retry_held, d);
+	d->counters.samples_tag_waiting = sonde_tagwait__count(d->tagwait);
 }
 
 static void publish_proc(struct sonde_daemon *d, uint32_t pid, bool exited)
@@ -248,6 +319,7 @@ void daemon_drain(struct sonde_daemon *d)
 	n = sonde_bpf_host__consume(d->host);
 	if (n < 0 && n != -EINTR)
 		sonde_warn("reading the events ringbuf: %s", strerror(-n));
+	release_held(d, false);
 }
 
 static void on_ring(void *ctx, int fd, uint32_t revents)
@@ -539,6 +611,7 @@ static void daemon_free(struct sonde_daemon *d)
 	sonde_sideband__free(d->sideband);
 	sonde_store__free(d->store);
 	sonde_profile__free(d->window);
+	sonde_tagwait__free(d->tagwait);
 	sonde_procs__free(d->procs);
 	sonde_symbolizer__free(d->sym);
 	sonde_script__free(d->script);
@@ -664,7 +737,8 @@ static int daemon_start(struct sonde_daemon *d)
 	d->sym = sonde_symbolizer__new(NULL);
 	d->window = sonde_profile__new(&window_opts);
 	d->store = sonde_store__new(STORE_RETENTION_NS, STORE_MAX_BYTES);
-	if (!d->loop || !d->sym || !d->window || !d->store)
+	d->tagwait = sonde_tagwait__new(TAG_WAIT_MAX);
+	if (!d->loop || !d->sym || !d->window || !d->store || !d->tagwait)
 		goto nomem;
 	d->kernel = sonde_symbolizer__kernel(d->sym);
 	d->unknown = sonde_symbolizer__unknown(d->sym);
@@ -822,6 +896,8 @@ int sonde_daemon_run(const struct sonde_daemon_opts *opts)
 	err = sonde_loop__run(d->loop);
 	if (err)
 		sonde_err("the event loop failed: %s", strerror(-err));
+	daemon_drain(d);
+	release_held(d, true);
 	flush_window(d);
 out:
 	daemon_free(d);

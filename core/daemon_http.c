@@ -56,10 +56,18 @@ static int query_uint(struct sonde_http_conn *conn, const char *query, const cha
 	return 1;
 }
 
+/* Query parameters that select samples by one of their labels: those a
+ * plugin's thread tags add (red-metrics: the request being served). */
+static const char *const label_params[] = { "http_route", "http_request_method" };
+#define LABEL_VALUE_MAX 256
+
 static void serve_profile(struct sonde_daemon *d, struct sonde_http_conn *conn, const char *query)
 {
-	struct sonde_profile_opts filter = { 0 };
+	struct sonde_profile_label match[SONDE_PROFILE_MAX_MATCH];
+	char values[SONDE_PROFILE_MAX_MATCH][LABEL_VALUE_MAX];
+	struct sonde_profile_opts filter = { .match = match };
 	char comm[SONDE_COMM_LEN];
+	size_t i;
 	unsigned long seconds = 30, pid = 0;
 	struct pending_profile *p;
 	int r;
@@ -75,6 +83,21 @@ static void serve_profile(struct sonde_daemon *d, struct sonde_http_conn *conn, 
 	}
 	if (r == 1)
 		filter.comm = comm;
+	for (i = 0; i < sizeof(label_params) / sizeof(label_params[0]); i++) {
+		char *v = values[filter.nmatch];
+
+		r = sonde_http_query_get(query, label_params[i], v, LABEL_VALUE_MAX);
+		if (r < 0) {
+			char msg[96];
+
+			snprintf(msg, sizeof(msg), "%s must be percent-encoded text of at most %d bytes",
+				 label_params[i], LABEL_VALUE_MAX - 1);
+			sonde_http_conn__error(conn, 400, msg);
+			return;
+		}
+		if (r == 1)
+			match[filter.nmatch++] = (struct sonde_profile_label){ label_params[i], v };
+	}
 	p = daemon_pending_new(d, seconds, &filter, answer_profile);
 	if (!p) {
 		sonde_http_conn__error(conn, 503, "out of memory");
@@ -151,7 +174,9 @@ static const char index_page[] =
 	"\n"
 	"/metrics                 Prometheus self metrics\n"
 	"/debug/pprof/profile     CPU profile of the node: ?seconds=N (default 30),\n"
-	"                         &pid=N or &comm=NAME to narrow it;\n"
+	"                         &pid=N or &comm=NAME to narrow it, or\n"
+	"                         &http_route=R, &http_request_method=M (samples taken\n"
+	"                         while a thread served such a request; red-metrics);\n"
 	"                         go tool pprof http://HOST:PORT/debug/pprof/profile?seconds=10\n";
 
 void daemon_on_http(void *ctx, struct sonde_http_conn *conn, const struct sonde_http_request *req)

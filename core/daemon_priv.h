@@ -23,6 +23,7 @@ struct sonde_http_conn;
 struct sonde_interp;
 struct sonde_loop;
 struct sonde_loop_timer;
+struct sonde_tagwait;
 struct sonde_object;
 struct sonde_plugins;
 struct sonde_policy;
@@ -80,6 +81,7 @@ struct sonde_daemon {
 	struct sonde_http *http;
 	struct sonde_control *control;
 	struct sonde_profile *window;
+	struct sonde_tagwait *tagwait; /* samples waiting for their tag's labels */
 	struct pending_profile *pending;
 	struct sonde_loop_timer *drain_timer, *window_timer;
 	int sigfd;

@@ -83,6 +83,19 @@ static void daemon_metrics(const struct sonde_daemon_counters *c, struct sonde_s
 	counter(out, "sonde_frames_unmapped_total",
 		"User frames no known mapping covered (kept as [unknown]+address).",
 		c->frames_unmapped);
+	gauge(out, "sonde_samples_tag_waiting",
+	      "Samples held until the plugin that tagged their thread names the tag.",
+	      (double)c->samples_tag_waiting);
+	sonde_strbuf__printf(out,
+			     "# HELP sonde_samples_tag_unlabeled_total Tagged samples kept without "
+			     "their tag's labels, by reason.\n"
+			     "# TYPE sonde_samples_tag_unlabeled_total counter\n"
+			     "sonde_samples_tag_unlabeled_total{reason=\"late\"} %llu\n"
+			     "sonde_samples_tag_unlabeled_total{reason=\"unknown\"} %llu\n"
+			     "sonde_samples_tag_unlabeled_total{reason=\"full\"} %llu\n",
+			     (unsigned long long)c->samples_tag_late,
+			     (unsigned long long)c->samples_tag_unknown,
+			     (unsigned long long)c->samples_tag_full);
 	counter(out, "sonde_malformed_records_total", "Ringbuf records too short or of no known type.",
 		c->records_malformed);
 	counter(out, "sonde_windows_written_total", "Profile windows written to --output.",

@@ -24,6 +24,7 @@
 
 #define DEFAULT_PLUGIN_DIR "/usr/lib/sonde"
 #define MAX_FRAME_KINDS	   256
+#define MAX_TAG_PROVIDERS  16 /* ids 1..15: a few plugins tag threads */
 /* A settings table this long has lost its END entry. */
 #define MAX_SETTINGS 1024
 
@@ -79,6 +80,11 @@ struct frame_kind {
 	sonde_plugin_symbolize_fn symbolize;
 };
 
+struct tag_provider {
+	struct sonde_host *owner; /* NULL: free, or its plugin is gone */
+	sonde_plugin_tag_fn fn;
+};
+
 struct decision {
 	uint32_t pid;
 	bool attached;
@@ -99,6 +105,10 @@ struct sonde_plugins {
 	 * that went away is never named by another. */
 	struct frame_kind kinds[MAX_FRAME_KINDS];
 	unsigned int next_kind;
+	/* Likewise for tag providers: a tag left in a sample is never read by
+	 * another plugin than the one that set it. */
+	struct tag_provider taggers[MAX_TAG_PROVIDERS];
+	unsigned int next_tagger;
 	struct decision **buckets; /* pid -> decisions, each chain in the order made */
 	size_t nbuckets, ndecisions;
 };
@@ -221,6 +231,29 @@ static int host_register_frame_kind(struct sonde_host *h, const char *name,
 	k->symbolize = symbolize;
 	sonde_debug("plugin %s: frame kind %u is %s", h->desc.name, ps->next_kind, name);
 	return (int)ps->next_kind++;
+}
+
+static int host_register_sample_tags(struct sonde_host *h, const char *name,
+				     sonde_plugin_tag_fn fn)
+{
+	struct sonde_plugins *ps = h->ps;
+	unsigned int id;
+
+	if (!fn)
+		return -EINVAL;
+	if (!ps->bpf)
+		return -ENOTSUP;
+	for (id = 1; id < ps->next_tagger; id++)
+		if (ps->taggers[id].owner == h)
+			return -EEXIST;
+	if (ps->next_tagger >= MAX_TAG_PROVIDERS)
+		return -ENOSPC;
+	id = ps->next_tagger++;
+	ps->taggers[id].owner = h;
+	ps->taggers[id].fn = fn;
+	sonde_bpf_host__enable_tags(ps->bpf);
+	sonde_debug("plugin %s: tags threads as %s (id %u)", h->desc.name, name ? name : "?", id);
+	return (int)id;
 }
 
 static uint64_t *host_counter(struct sonde_host *h, const char *name, const char *help)
@@ -416,6 +449,7 @@ static const struct sonde_host_api host_api = {
 	.read_memory = host_read_memory,
 	.publish = host_publish,
 	.process_status = host_process_status,
+	.register_sample_tags = host_register_sample_tags,
 };
 
 /* --- loading ----------------------------------------------------------------------------- */
@@ -435,7 +469,8 @@ struct sonde_plugins *sonde_plugins__new(const struct sonde_plugin_services *svc
 	ps->bpf = svc->bpf;
 	ps->publish = svc->publish;
 	ps->publish_ctx = svc->publish_ctx;
-	ps->next_kind = 1; /* 0 is a native frame */
+	ps->next_kind = 1;   /* 0 is a native frame */
+	ps->next_tagger = 1; /* 0 is no tag */
 	ps->nbuckets = 64;
 	ps->dir = strdup(svc->plugin_dir ? svc->plugin_dir : DEFAULT_PLUGIN_DIR);
 	ps->buckets = calloc(ps->nbuckets, sizeof(*ps->buckets));
@@ -478,6 +513,12 @@ static void release_registrations(struct sonde_host *h)
 			continue;
 		ps->kinds[k].owner = NULL;
 		ps->kinds[k].symbolize = NULL;
+	}
+	for (k = 1; k < MAX_TAG_PROVIDERS; k++) {
+		if (ps->taggers[k].owner != h)
+			continue;
+		ps->taggers[k].owner = NULL;
+		ps->taggers[k].fn = NULL;
 	}
 	if (h->unwinder_slot >= 0)
 		sonde_warn("plugin %s: its unwinder stays in slot %d until sonded exits",
@@ -1084,6 +1125,24 @@ int sonde_plugins__symbolize(struct sonde_plugins *ps, uint32_t pid, uint64_t wo
 		return 0;
 	n = k->symbolize(k->owner->state, pid, word, payload, frames, max);
 	return n < 0 ? 0 : n > max ? max : n;
+}
+
+int sonde_plugins__tag_labels(struct sonde_plugins *ps, uint32_t pid, uint64_t tag,
+			      struct sonde_plugin_label *labels, int max)
+{
+	const struct tag_provider *t;
+	unsigned int id = SONDE_TAG_PROVIDER(tag);
+	int n;
+
+	if (!ps || !labels || max <= 0 || id == 0 || id >= MAX_TAG_PROVIDERS)
+		return -ENOENT;
+	t = &ps->taggers[id];
+	if (!t->owner || !t->fn)
+		return -ENOENT;
+	n = t->fn(t->owner->state, pid, tag, labels, max);
+	if (n < 0)
+		return -ENOENT;
+	return n > max ? max : n;
 }
 
 const char *sonde_plugins__frame_kind_name(const struct sonde_plugins *ps, unsigned int kind)

@@ -98,6 +98,14 @@ void sonde_plugins__for_each_decision(struct sonde_plugins *ps, uint32_t pid,
  */
 int sonde_plugins__symbolize(struct sonde_plugins *ps, uint32_t pid, uint64_t word,
 			     uint64_t payload, struct sonde_plugin_frame *frames, int max);
+/*
+ * The labels of a sample's thread tag (SONDE_TAG_PROVIDER(tag) names the
+ * plugin): how many were filled (at most max); 0 when the plugin does not
+ * know the tag yet (ask again later); -ENOENT when no plugin owns it or
+ * its plugin never will.
+ */
+int sonde_plugins__tag_labels(struct sonde_plugins *ps, uint32_t pid, uint64_t tag,
+			      struct sonde_plugin_label *labels, int max);
 /* The name a plugin registered kind under ("python"), or NULL. */
 const char *sonde_plugins__frame_kind_name(const struct sonde_plugins *ps, unsigned int kind);
 

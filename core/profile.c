@@ -44,6 +44,8 @@ struct sonde_profile {
 	uint64_t period_ns;
 	uint32_t pid_filter;
 	char *comm_filter;
+	struct sonde_profile_label match[SONDE_PROFILE_MAX_MATCH]; /* strings owned */
+	uint32_t nmatch;
 	int64_t start_wall_ns;
 	int64_t end_wall_ns; /* 0 while open */
 	uint64_t samples;
@@ -117,21 +119,49 @@ static int index_reserve(struct index *idx, uint32_t count, const void *items, s
 	return 0;
 }
 
+static void free_match(struct sonde_profile *p)
+{
+	uint32_t i;
+
+	for (i = 0; i < p->nmatch; i++) {
+		free((char *)p->match[i].key);
+		free((char *)p->match[i].value);
+	}
+	p->nmatch = 0;
+}
+
 struct sonde_profile *sonde_profile__new(const struct sonde_profile_opts *opts)
 {
-	struct sonde_profile *p = calloc(1, sizeof(*p));
+	struct sonde_profile *p;
+	uint32_t i;
 
+	if (opts->nmatch > SONDE_PROFILE_MAX_MATCH) {
+		errno = EINVAL;
+		return NULL;
+	}
+	p = calloc(1, sizeof(*p));
 	if (!p)
 		return NULL;
 	p->period_ns = opts->period_ns;
 	p->pid_filter = opts->pid;
-	if (opts->comm && !(p->comm_filter = strdup(opts->comm))) {
-		free(p);
-		errno = ENOMEM;
-		return NULL;
+	if (opts->comm && !(p->comm_filter = strdup(opts->comm)))
+		goto nomem;
+	for (i = 0; i < opts->nmatch; i++) {
+		struct sonde_profile_label *m = &p->match[p->nmatch++];
+
+		m->key = strdup(opts->match[i].key);
+		m->value = strdup(opts->match[i].value);
+		if (!m->key || !m->value)
+			goto nomem;
 	}
 	p->start_wall_ns = wall_ns();
 	return p;
+nomem:
+	free_match(p);
+	free(p->comm_filter);
+	free(p);
+	errno = ENOMEM;
+	return NULL;
 }
 
 static void free_labelsets(struct sonde_profile *p)
@@ -158,15 +188,31 @@ void sonde_profile__free(struct sonde_profile *p)
 	free(p->stack_index.slots);
 	free(p->frames);
 	free(p->comm_filter);
+	free_match(p);
 	free(p);
+}
+
+static bool has_label(const struct sonde_profile_labels *l, const struct sonde_profile_label *want)
+{
+	uint32_t i;
+
+	for (i = 0; i < l->nextra; i++)
+		if (!strcmp(l->extra[i].key, want->key) && !strcmp(l->extra[i].value, want->value))
+			return true;
+	return false;
 }
 
 bool sonde_profile__wants(const struct sonde_profile *p, const struct sonde_profile_labels *l)
 {
+	uint32_t i;
+
 	if (p->pid_filter && l->pid != p->pid_filter)
 		return false;
 	if (p->comm_filter && (!l->comm || strcmp(l->comm, p->comm_filter) != 0))
 		return false;
+	for (i = 0; i < p->nmatch; i++)
+		if (!has_label(l, &p->match[i]))
+			return false;
 	return true;
 }
 

@@ -48,13 +48,18 @@ struct sonde_profile_labels {
 	uint32_t nextra;
 };
 
+#define SONDE_PROFILE_MAX_MATCH 4
+
 struct sonde_profile_opts {
 	uint64_t period_ns;     /* CPU time one sample stands for: 1e9 / Hz */
 	uint32_t pid;           /* keep only this process (0: all) */
 	const char *comm;       /* keep only this comm (NULL: all) */
+	/* keep only samples with each of these extra labels, value equal */
+	const struct sonde_profile_label *match; /* at most SONDE_PROFILE_MAX_MATCH */
+	uint32_t nmatch;
 };
 
-/* NULL and errno. Starts now (wall clock). */
+/* NULL and errno (EINVAL: too many matches). Starts now (wall clock). */
 struct sonde_profile *sonde_profile__new(const struct sonde_profile_opts *opts);
 void sonde_profile__free(struct sonde_profile *p);
 

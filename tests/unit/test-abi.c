@@ -12,13 +12,14 @@
 static void test_sample_layout(void **state)
 {
 	(void)state;
-	assert_int_equal(SONDE_ABI_VERSION, 1);
+	assert_int_equal(SONDE_ABI_VERSION, 2);
 	assert_int_equal(offsetof(struct sonde_sample, hdr.time_ns), 8);
 	assert_int_equal(offsetof(struct sonde_sample, tid), 16);
 	assert_int_equal(offsetof(struct sonde_sample, cgroup_id), 24);
 	assert_int_equal(offsetof(struct sonde_sample, kstack_len), 32);
 	assert_int_equal(offsetof(struct sonde_sample, flags), 36);
 	assert_int_equal(offsetof(struct sonde_sample, comm), 40);
+	assert_int_equal(offsetof(struct sonde_sample, tag), 56);
 	assert_int_equal(offsetof(struct sonde_sample, frames), SONDE_SAMPLE_HDR_SIZE);
 	assert_int_equal(SONDE_MAX_FRAMES, 254);
 }
@@ -38,6 +39,8 @@ static void test_frame_kind(void **state)
 	(void)state;
 	assert_int_equal(SONDE_FRAME_KIND(0x00007fffdeadbeefULL), SONDE_FRAME_NATIVE);
 	assert_int_equal(SONDE_FRAME_KIND(0x0200000000001234ULL), 2);
+	assert_int_equal(SONDE_TAG_PROVIDER(0x0300000000000010ULL), 3);
+	assert_int_equal(0x0300000000000010ULL & SONDE_TAG_VALUE_MASK, 0x10);
 }
 
 int main(void)

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /* Window aggregation: interning of stacks per label set, filters, and the
  * pprof that comes out, read back by `go tool pprof -raw`. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -143,6 +144,44 @@ static void test_filters(void **state)
 	sonde_profile__free(p2);
 }
 
+static void test_label_matches(void **state)
+{
+	const struct sonde_profile_label route_users[] = { { "http_route", "/users/{id}" } };
+	const struct sonde_profile_label both[] = { { "http_route", "/users/{id}" },
+						    { "http_request_method", "GET" } };
+	const struct sonde_profile_label get_users[] = { { "team", "a" },
+							 { "http_route", "/users/{id}" },
+							 { "http_request_method", "GET" } };
+	const struct sonde_profile_label post_users[] = { { "http_route", "/users/{id}" },
+							  { "http_request_method", "POST" } };
+	const struct sonde_profile_label orders[] = { { "http_route", "/orders" } };
+	struct sonde_profile_opts by_route = { .period_ns = 1, .match = route_users, .nmatch = 1 };
+	struct sonde_profile_opts by_both = { .period_ns = 1, .match = both, .nmatch = 2 };
+	struct sonde_profile_opts too_many = { .period_ns = 1, .match = get_users,
+					       .nmatch = SONDE_PROFILE_MAX_MATCH + 1 };
+	struct sonde_profile_labels l_get = { .pid = 1, .extra = get_users, .nextra = 3 };
+	struct sonde_profile_labels l_post = { .pid = 1, .extra = post_users, .nextra = 2 };
+	struct sonde_profile_labels l_orders = { .pid = 1, .extra = orders, .nextra = 1 };
+	struct sonde_profile_labels l_none = { .pid = 1 };
+	struct sonde_profile *p1 = sonde_profile__new(&by_route);
+	struct sonde_profile *p2 = sonde_profile__new(&by_both);
+
+	(void)state;
+	assert_non_null(p1);
+	assert_non_null(p2);
+	assert_true(sonde_profile__wants(p1, &l_get));
+	assert_true(sonde_profile__wants(p1, &l_post));
+	assert_false(sonde_profile__wants(p1, &l_orders));
+	assert_false(sonde_profile__wants(p1, &l_none));
+	assert_true(sonde_profile__wants(p2, &l_get));
+	assert_false(sonde_profile__wants(p2, &l_post));
+	errno = 0;
+	assert_null(sonde_profile__new(&too_many));
+	assert_int_equal(errno, EINVAL);
+	sonde_profile__free(p1);
+	sonde_profile__free(p2);
+}
+
 static void test_many_distinct_stacks(void **state)
 {
 	struct fixture *f = *state;
@@ -280,6 +319,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_interns_stacks_per_label_set, setup, teardown),
 		cmocka_unit_test(test_filters),
+		cmocka_unit_test(test_label_matches),
 		cmocka_unit_test_setup_teardown(test_many_distinct_stacks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_pprof_names_unknown_frames, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_merge_folded_and_iteration, setup, teardown),

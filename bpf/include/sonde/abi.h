@@ -14,7 +14,7 @@
 #include <linux/types.h>
 #endif
 
-#define SONDE_ABI_VERSION 1
+#define SONDE_ABI_VERSION 2
 
 #define SONDE_COMM_LEN 16
 #define SONDE_MAX_KSTACK 127 /* kernel.perf_event_max_stack default */
@@ -73,11 +73,25 @@ struct sonde_sample {
 	__u16 ustack_len;
 	__u32 flags; /* SONDE_SAMPLE_* */
 	char comm[SONDE_COMM_LEN];
+	__u64 tag; /* the thread's tag (SONDE_TAG_*) when sampled; 0: none */
 	__u64 frames[SONDE_MAX_FRAMES];
 };
-#define SONDE_SAMPLE_HDR_SIZE 56
+#define SONDE_SAMPLE_HDR_SIZE 64
 _Static_assert(sizeof(struct sonde_sample) == SONDE_SAMPLE_HDR_SIZE + 8 * SONDE_MAX_FRAMES,
 	       "struct sonde_sample layout");
+
+/*
+ * Thread tags: while a thread works for something a plugin tracks (an HTTP
+ * request), the plugin's BPF code puts a tag in the core's `thread_tags`
+ * map (key: tid) and the sampler copies it into the thread's samples; the
+ * plugin's userspace later turns it into labels (e.g. http_route). The top
+ * byte names the plugin that set it (the id the host gave it), the other
+ * 56 bits are the plugin's own.
+ */
+#define SONDE_TAG_PROVIDER_SHIFT 56
+#define SONDE_TAG_PROVIDER(t) ((__u32)((t) >> SONDE_TAG_PROVIDER_SHIFT))
+#define SONDE_TAG_VALUE_MASK ((1ULL << SONDE_TAG_PROVIDER_SHIFT) - 1)
+#define SONDE_MAX_THREAD_TAGS 16384 /* threads tagged at once, node-wide */
 
 /* sched_process_exec. filename as the tracepoint gives it; args is the
  * NUL-separated argv, args_len bytes of it (it may be cut). */

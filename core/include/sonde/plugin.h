@@ -28,7 +28,7 @@
 
 #define SONDE_PLUGIN_MAGIC 0x736f6e64u /* "sond" */
 #define SONDE_PLUGIN_ABI_MAJOR 1
-#define SONDE_PLUGIN_ABI_MINOR 2
+#define SONDE_PLUGIN_ABI_MINOR 3
 #define SONDE_PLUGIN_SYMBOL "sonde_plugin"
 
 struct sonde_host; /* the core, opaque to plugins */
@@ -68,6 +68,21 @@ typedef int (*sonde_plugin_symbolize_fn)(void *state, uint32_t pid, uint64_t wor
 					 uint64_t payload, struct sonde_plugin_frame *frames,
 					 int max);
 
+/*
+ * Labels for the samples of a thread the plugin tagged (ABI 1.3; abi.h,
+ * SONDE_TAG_*): fills at most max labels and returns how many; 0 when the
+ * plugin does not know the tag yet (the core holds the sample and asks
+ * again, for up to a few seconds); -ENOENT when it never will (the sample
+ * then goes without). Keys and values are owned by the plugin and valid
+ * until its fini(); keys look like Prometheus label names ("http_route").
+ */
+struct sonde_plugin_label {
+	const char *key;
+	const char *value;
+};
+typedef int (*sonde_plugin_tag_fn)(void *state, uint32_t pid, uint64_t tag,
+				   struct sonde_plugin_label *labels, int max);
+
 /* The services of the core; the table lives as long as the plugin. */
 struct sonde_host_api {
 	uint32_t size; /* sizeof(struct sonde_host_api) of the core */
@@ -82,7 +97,8 @@ struct sonde_host_api {
 	 * The fd of one of the core's shared BPF maps, for
 	 * bpf_map__reuse_fd() before the plugin loads its object: "events"
 	 * (ringbuf), "stats", "scratch" (the per-CPU sample being built),
-	 * "procs" (pid -> first unwinder), "unwinders" (PROG_ARRAY).
+	 * "procs" (pid -> first unwinder), "unwinders" (PROG_ARRAY),
+	 * "thread_tags" (tid -> tag, bpf/thread_tags.bpf.h; ABI 1.3).
 	 * -ENOENT for another name.
 	 */
 	int (*map_fd)(struct sonde_host *host, const char *name);
@@ -142,6 +158,19 @@ struct sonde_host_api {
 	 */
 	void (*process_status)(struct sonde_host *host, uint32_t pid, int attached,
 			       const char *reason);
+
+	/* ABI 1.3 (check size before use): */
+
+	/*
+	 * Makes the plugin a tagger of threads: from now on the sampler
+	 * copies each thread's entry of the "thread_tags" map into its
+	 * samples, and a sample whose tag has the returned id in its top byte
+	 * (SONDE_TAG_PROVIDER) gets the labels fn gives for it, on top of the
+	 * process's own. Returns the id (1..255), or -errno (-EEXIST: the
+	 * plugin already has one; -ENOSPC: none left).
+	 */
+	int (*register_sample_tags)(struct sonde_host *host, const char *name,
+				    sonde_plugin_tag_fn fn);
 };
 
 /* A plugin setting, declared by the plugin and filled from the script. */
