@@ -93,9 +93,12 @@ int sample(struct bpf_perf_event_data *ctx)
 	}
 
 	bpf_tail_call(ctx, &unwinders, slot);
-	/* Only reached when the slot is empty: fall back to frame pointers. */
+	/* Only reached when the slot is empty: fall back to frame pointers,
+	 * or, should that slot be empty too, to no user stack at all. */
 	sonde_stat_inc(SONDE_STAT_TAIL_CALL_FAILED);
-	return sonde_unwind_fp(ctx, s);
+	bpf_tail_call(ctx, &unwinders, SONDE_UNWINDER_FP);
+	s->flags |= SONDE_SAMPLE_USTACK_ERROR;
+	return sonde_sample_emit(s);
 }
 
 /* Slot SONDE_UNWINDER_FP: the kernel's own frame-pointer walk of the user

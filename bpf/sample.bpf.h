@@ -8,6 +8,7 @@
 #define SONDE_SAMPLE_BPF_H
 
 #include "common.bpf.h"
+#include "user_stack.bpf.h"
 
 /* One sample under construction per CPU, carried across tail calls. */
 struct {
@@ -40,21 +41,72 @@ static __always_inline int sonde_sample_emit(struct sonde_sample *s)
 	return 0;
 }
 
+struct sonde_fp_walk {
+	struct sonde_sample *s;
+	struct sonde_stack_window *win;
+	__u64 sp, bp;
+	__u32 k; /* index of the next frame in s->frames */
+	__u32 truncated;
+};
+
+/* One frame record: [rbp] is the caller's rbp, [rbp + 8] the return
+ * address. The walk ends where rbp stops pointing up the stack (a record
+ * may sit right where the last one ended: rbp == sp). */
+static long sonde_fp_step(__u32 i, void *ctx)
+{
+	struct sonde_fp_walk *w = ctx;
+	__u64 next, ra;
+	__u32 k = w->k;
+
+	if (w->bp < w->sp || (w->bp & 7))
+		return 1;
+	if (sonde_read_stack(w->win, w->bp, &next) || sonde_read_stack(w->win, w->bp + 8, &ra) ||
+	    !ra)
+		return 1;
+	if (k >= SONDE_MAX_FRAMES || k - w->s->kstack_len >= SONDE_MAX_USTACK) {
+		w->truncated = 1;
+		return 1;
+	}
+	w->s->frames[k] = ra;
+	w->k = k + 1;
+	w->sp = w->bp + 16;
+	w->bp = next;
+	return 0;
+}
+
+/*
+ * The frame-pointer walk of the user stack, after the kernel frames, then
+ * the emit. Done here rather than by bpf_get_stack(BPF_F_USER_STACK), whose
+ * walk reads each 16-byte frame record with its own user copy: through the
+ * stack window the same walk costs a fraction (bench/overhead).
+ */
 static __always_inline int sonde_unwind_fp(struct bpf_perf_event_data *ctx, struct sonde_sample *s)
 {
+	struct sonde_fp_walk w = { .s = s };
+	struct sonde_user_regs regs;
 	__u32 k = s->kstack_len;
-	long n;
 
-	if (k > SONDE_MAX_KSTACK)
-		return 0;
-	n = bpf_get_stack(ctx, &s->frames[k], SONDE_MAX_USTACK * sizeof(__u64), BPF_F_USER_STACK);
-	if (n < 0) {
+	s->ustack_len = 0;
+	if (k >= SONDE_MAX_FRAMES)
+		return sonde_sample_emit(s);
+	switch (sonde_user_regs(ctx, s, &regs)) {
+	case SONDE_REGS_KTHREAD:
+		return sonde_sample_emit(s);
+	case SONDE_REGS_READ_FAILED:
 		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
 		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
-		n = 0;
+		return sonde_sample_emit(s);
 	}
-	s->ustack_len = n / sizeof(__u64);
-	if (s->ustack_len == SONDE_MAX_USTACK) {
+	w.win = sonde_stack_window();
+	if (!w.win)
+		return sonde_sample_emit(s);
+	s->frames[k] = regs.ip;
+	w.k = k + 1;
+	w.sp = regs.sp;
+	w.bp = regs.bp;
+	bpf_loop(SONDE_MAX_USTACK, sonde_fp_step, &w, 0);
+	s->ustack_len = w.k - k;
+	if (w.truncated) {
 		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
 		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
 	}

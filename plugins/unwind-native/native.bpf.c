@@ -15,8 +15,6 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define PF_KTHREAD 0x00200000 /* include/linux/sched.h */
-
 /* Every table's rows, each table a slice [first, first + rows). Sized by
  * userspace (max_rows setting) and filled through mmap. */
 struct {
@@ -52,34 +50,9 @@ struct {
 	__type(value, __u64);
 } unw_stats SEC(".maps");
 
-/*
- * The user stack, read a window at a time: a bpf_probe_read_user() costs
- * about as much for 8 bytes as for a few hundred (bench/unwind-native), and
- * a walk reads upward through small frames, so one read serves several.
- * The 8 bytes past the window let a masked offset read a whole word.
- */
-#define STACK_WINDOW 512 /* a power of two, at most a page */
-#define PAGE_SIZE_ 4096
-
-struct stack_window {
-	__u8 bytes[STACK_WINDOW + 8];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct stack_window);
-} unw_window SEC(".maps");
-
 /* log2 of unw_rows' size, rounded up: the steps of the row search. Set
  * by userspace before load. */
 const volatile __u32 row_search_steps = 24;
-
-/* Where the window is: the user address of its first byte; 0: empty. */
-struct window_at {
-	__u64 base;
-};
 
 struct walk {
 	struct sonde_sample *s;
@@ -91,42 +64,8 @@ struct walk {
 	__u32 end; /* the enum sonde_unw_stat that ended the walk */
 	__u32 tgid;
 	__u32 cfi, fp; /* frames stepped each way, counted once at the end */
-	struct stack_window *win;
-	struct window_at win_at;
+	struct sonde_stack_window *win;
 };
-
-/*
- * The word of user stack at addr, into *out, from the window. A miss
- * refills it with the STACK_WINDOW bytes from addr, or those ending at the
- * end of addr's page when that comes first: the page above may not be
- * mapped, and a faulting read costs more than it saves. 0, or -1 when
- * addr cannot be read.
- *
- * Global, so the verifier checks it once: inlined into the walk, the
- * masked window offsets would be tracked precisely through every step and
- * the walk's states would no longer merge (the 1M instruction limit).
- */
-__noinline int read_stack(struct stack_window *win, struct window_at *at, __u64 addr, __u64 *out)
-{
-	__u64 start;
-
-	if (!win || !at || !out)
-		return -1;
-	if (addr & 7) /* stack slots are aligned; this one is odd: read it alone */
-		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-	if (!at->base || addr < at->base || addr + 8 > at->base + STACK_WINDOW) {
-		start = (addr | (PAGE_SIZE_ - 1)) + 1 - STACK_WINDOW;
-		if (start > addr)
-			start = addr;
-		if (bpf_probe_read_user(win->bytes, STACK_WINDOW, (void *)start)) {
-			at->base = 0;
-			return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-		}
-		at->base = start;
-	}
-	*out = *(__u64 *)&win->bytes[(addr - at->base) & (STACK_WINDOW - 1)];
-	return 0;
-}
 
 static __always_inline void stat_add(__u32 stat, __u64 n)
 {
@@ -228,15 +167,15 @@ static __always_inline struct sonde_unw_row *find_row(const struct sonde_unw_map
  * stack above sp. 0 when the frame was stepped. */
 static __always_inline int step_fp(struct walk *w)
 {
-	__u64 frame[2];
+	__u64 next, ra;
 
-	if (w->bp <= w->sp || w->bp - w->sp > (8u << 20) || (w->bp & 7))
+	if (w->bp < w->sp || w->bp - w->sp > (8u << 20) || (w->bp & 7))
 		return -1;
-	if (bpf_probe_read_user(frame, sizeof(frame), (void *)w->bp))
+	if (sonde_read_stack(w->win, w->bp, &next) || sonde_read_stack(w->win, w->bp + 8, &ra))
 		return -1;
 	w->sp = w->bp + 16;
-	w->bp = frame[0];
-	w->pc = frame[1];
+	w->bp = next;
+	w->pc = ra;
 	w->fp++;
 	return 0;
 }
@@ -316,10 +255,10 @@ static __always_inline int step(struct walk *w, __u32 i)
 	 * window read for it usually holds the return address too */
 	if (SONDE_UNW_ROW_RBP(r) == SONDE_UNW_RBP_CFA) {
 		off = (__s64)r->rbp_off * 8;
-		if (read_stack(w->win, &w->win_at, cfa + off, &w->bp))
+		if (sonde_read_stack(w->win, cfa + off, &w->bp))
 			return SONDE_UNW_STOP_READ_FAILED;
 	}
-	if (read_stack(w->win, &w->win_at, cfa - 8, &ra))
+	if (sonde_read_stack(w->win, cfa - 8, &ra))
 		return SONDE_UNW_STOP_READ_FAILED;
 	w->cfi++;
 	if (!ra)
@@ -344,43 +283,31 @@ SEC("perf_event")
 int unwind_native(struct bpf_perf_event_data *ctx)
 {
 	struct sonde_sample *s = sonde_scratch();
+	struct sonde_user_regs regs;
 	struct walk w = {0};
-	__u32 zero = 0;
 	__u64 t0;
 
 	if (!s)
 		return 0;
-	w.win = bpf_map_lookup_elem(&unw_window, &zero);
+	switch (sonde_user_regs(ctx, s, &regs)) {
+	case SONDE_REGS_KTHREAD:
+		stat_inc(SONDE_UNW_END_KTHREAD);
+		s->ustack_len = 0;
+		return sonde_sample_emit(s);
+	case SONDE_REGS_READ_FAILED:
+		stat_inc(SONDE_UNW_STOP_READ_FAILED);
+		s->ustack_len = 0;
+		return sonde_sample_emit(s);
+	}
+	w.win = sonde_stack_window();
 	if (!w.win)
 		return sonde_sample_emit(s);
 	w.s = s;
 	w.tgid = s->hdr.pid;
 	w.k = s->kstack_len;
-	if (s->flags & SONDE_SAMPLE_USER_MODE) {
-		w.pc = ctx->regs.ip;
-		w.sp = ctx->regs.sp;
-		w.bp = ctx->regs.bp;
-	} else {
-		struct task_struct *task = bpf_get_current_task_btf();
-		struct pt_regs *regs, uregs;
-
-		if (task->flags & PF_KTHREAD) {
-			stat_inc(SONDE_UNW_END_KTHREAD);
-			s->ustack_len = 0;
-			return sonde_sample_emit(s);
-		}
-		/* a copy: the compiler would merge these loads with the ctx ones
-		 * above, and the verifier refuses a ctx pointer moved that way */
-		regs = (struct pt_regs *)bpf_task_pt_regs(task);
-		if (bpf_probe_read_kernel(&uregs, sizeof(uregs), regs)) {
-			stat_inc(SONDE_UNW_STOP_READ_FAILED);
-			s->ustack_len = 0;
-			return sonde_sample_emit(s);
-		}
-		w.pc = uregs.ip;
-		w.sp = uregs.sp;
-		w.bp = uregs.bp;
-	}
+	w.pc = regs.ip;
+	w.sp = regs.sp;
+	w.bp = regs.bp;
 	w.proc = bpf_map_lookup_elem(&unw_procs, &w.tgid);
 	if (!w.proc) {
 		stat_inc(SONDE_UNW_STOP_NO_PROC);

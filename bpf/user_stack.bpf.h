@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * What every user stack walker needs: the user registers at the sample,
+ * and the stack's words, read a window at a time. A bpf_probe_read_user()
+ * costs about as much for 8 bytes as for a few hundred (83 ns a read on
+ * the 2-vCPU VM, bench/unwind-native), and a walk goes upward through
+ * mostly small frames, so one read serves several of them.
+ */
+#ifndef SONDE_USER_STACK_BPF_H
+#define SONDE_USER_STACK_BPF_H
+
+#include "sonde/abi.h"
+
+#define SONDE_STACK_WINDOW 512 /* a power of two, at most a page */
+#define SONDE_PAGE_SIZE 4096
+#define SONDE_PF_KTHREAD 0x00200000 /* include/linux/sched.h */
+
+/* The per-CPU window: SONDE_STACK_WINDOW bytes of user stack from base (0:
+ * empty); the 8 bytes past them let a masked offset read a whole word. */
+struct sonde_stack_window {
+	__u8 bytes[SONDE_STACK_WINDOW + 8];
+	__u64 base;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sonde_stack_window);
+} stack_window SEC(".maps");
+
+/* This CPU's window, emptied: the stack it held belongs to another sample. */
+static __always_inline struct sonde_stack_window *sonde_stack_window(void)
+{
+	__u32 zero = 0;
+	struct sonde_stack_window *win = bpf_map_lookup_elem(&stack_window, &zero);
+
+	if (win)
+		win->base = 0;
+	return win;
+}
+
+/*
+ * The word of user stack at addr, into *out, from the window. A miss
+ * refills it with the SONDE_STACK_WINDOW bytes from addr, or those ending
+ * at the end of addr's page when that comes first: the page above may not
+ * be mapped, and a faulting read costs more than it saves. 0, or -1 when
+ * addr cannot be read.
+ *
+ * Global, so the verifier checks it once: inlined into a walk, the masked
+ * window offsets would be tracked precisely through every step and the
+ * walk's states would no longer merge (the 1M instruction limit).
+ */
+__noinline int sonde_read_stack(struct sonde_stack_window *win, __u64 addr, __u64 *out)
+{
+	__u64 start;
+
+	if (!win || !out)
+		return -1;
+	if (addr & 7) /* stack slots are aligned; this one is odd: read it alone */
+		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
+	if (!win->base || addr < win->base || addr + 8 > win->base + SONDE_STACK_WINDOW) {
+		start = (addr | (SONDE_PAGE_SIZE - 1)) + 1 - SONDE_STACK_WINDOW;
+		if (start > addr)
+			start = addr;
+		if (bpf_probe_read_user(win->bytes, SONDE_STACK_WINDOW, (void *)start)) {
+			win->base = 0;
+			return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
+		}
+		win->base = start;
+	}
+	*out = *(__u64 *)&win->bytes[(addr - win->base) & (SONDE_STACK_WINDOW - 1)];
+	return 0;
+}
+
+struct sonde_user_regs {
+	__u64 ip, sp, bp;
+};
+
+enum sonde_user_regs_result {
+	SONDE_REGS_OK = 0,
+	SONDE_REGS_KTHREAD,	/* a kernel thread: there is no user stack */
+	SONDE_REGS_READ_FAILED, /* the saved user registers could not be read */
+};
+
+/* The user registers of the sampled thread: the interrupted ones when the
+ * sample hit user mode, else those saved when it entered the kernel. */
+static __always_inline int sonde_user_regs(struct bpf_perf_event_data *ctx,
+					   const struct sonde_sample *s, struct sonde_user_regs *r)
+{
+	struct task_struct *task;
+	struct pt_regs *regs, uregs;
+
+	if (s->flags & SONDE_SAMPLE_USER_MODE) {
+		__u64 ip = ctx->regs.ip, sp = ctx->regs.sp, bp = ctx->regs.bp;
+
+		/* loaded here: merged with the loads from the copy below, they
+		 * would go through a moved ctx pointer, which the verifier refuses */
+		barrier_var(ip);
+		barrier_var(sp);
+		barrier_var(bp);
+		r->ip = ip;
+		r->sp = sp;
+		r->bp = bp;
+		return SONDE_REGS_OK;
+	}
+	task = bpf_get_current_task_btf();
+	if (task->flags & SONDE_PF_KTHREAD)
+		return SONDE_REGS_KTHREAD;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (bpf_probe_read_kernel(&uregs, sizeof(uregs), regs))
+		return SONDE_REGS_READ_FAILED;
+	r->ip = uregs.ip;
+	r->sp = uregs.sp;
+	r->bp = uregs.bp;
+	return SONDE_REGS_OK;
+}
+
+#endif /* SONDE_USER_STACK_BPF_H */
