@@ -1,12 +1,24 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * The JVM walker of this increment: the kernel's frame-pointer walk (which
- * follows a JVM run with -XX:+PreserveFramePointer through its interpreter
- * and compiled frames), with every pc in the process's code cache rewritten
- * as a frame of the plugin's kind so that userspace can name it; the code
- * cache is anonymous memory the core cannot name.
+ * The JVM walker. Two paths, chosen per process by userspace (jvm_proc.mode):
  *
- * The bounds come from jvm_procs, filled by userspace from the JVM's
+ * vmstructs: a walk of our own over the user stack. A pc in the template
+ * interpreter is an interpreted frame: the interpreter always keeps rbp as
+ * its frame pointer, with the Method* and the bytecode pointer at fixed
+ * slots below it. Any other pc in the code cache is looked up in its code
+ * heap's segment map to find the CodeBlob; a compiled method (nmethod) is
+ * stepped over by its frame size, as HotSpot itself does, so no
+ * -XX:+PreserveFramePointer is needed; other blobs (stubs, adapters) by their
+ * frame size, or by rbp when they have none. Native frames (libjvm.so, libc)
+ * are followed by rbp, as the kernel's walk does.
+ *
+ * perfmap: the kernel's frame-pointer walk (which follows a JVM run with
+ * -XX:+PreserveFramePointer through all its frames), with every pc in the
+ * code cache rewritten as a frame of the plugin's kind for userspace to
+ * name from the JVM's perf map. The fallback where the walker's structures
+ * cannot be read.
+ *
+ * Every offset comes from jvm_procs, filled by userspace from the JVM's
  * VMStructs: this code has no JVM version in it.
  */
 #include "vmlinux.h"
@@ -99,6 +111,262 @@ static long copy_one(__u32 i, void *data)
 	return 0;
 }
 
+/* ---- the vmstructs walker ------------------------------------------------------------------ */
+
+#define PF_KTHREAD   0x00200000		 /* include/linux/sched.h */
+#define NMETHOD_NAME 0x646f6874656d6eULL /* "nmethod\0", little-endian */
+#define ADDR_MASK    0xffffffffffffULL
+
+struct walk {
+	struct sonde_sample *s;
+	const struct jvm_proc *p;
+	__u64 pc, sp, fp, r13;
+	__u32 base;  /* first user word of the sample */
+	__u32 words; /* user words written */
+	__u32 top;   /* at the interrupted frame: pc is exact, r13 is live */
+	__u32 err;   /* JVM_ERR_* + 1 when the walk stopped early */
+	__u32 truncated;
+};
+
+static __always_inline __u64 rd64(__u64 addr, int *err)
+{
+	__u64 v = 0;
+
+	if (bpf_probe_read_user(&v, sizeof(v), (const void *)addr))
+		*err = 1;
+	return v;
+}
+
+static __always_inline __u32 rd32(__u64 addr, int *err)
+{
+	__u32 v = 0;
+
+	if (bpf_probe_read_user(&v, sizeof(v), (const void *)addr))
+		*err = 1;
+	return v;
+}
+
+/* Appends n (1 or 2) words; -1 when the sample is full. */
+static __always_inline int put(struct walk *w, __u64 a, __u64 b, __u32 n)
+{
+	__u64 to = (__u64)w->base + w->words;
+
+	/* Keep the bound checks on the register the stores use. */
+	asm volatile("" : "+r"(to));
+	if (w->words + n > SONDE_MAX_USTACK || to > SONDE_MAX_FRAMES - 2) {
+		w->truncated = 1;
+		return -1;
+	}
+	w->s->frames[to] = a;
+	if (n == 2)
+		w->s->frames[to + 1] = b;
+	w->words += n;
+	return 0;
+}
+
+static __always_inline long stop(struct walk *w, __u32 reason)
+{
+	w->err = reason + 1;
+	return 1;
+}
+
+/* The CodeBlob holding pc: its code heap's segment map, walked back to the
+ * start of the block (0 marks it, 0xff a free segment, any other value is
+ * how far back to look); the blob follows the block's header. 0 with
+ * *reason set if not found. */
+static __always_inline __u64 find_blob(struct walk *w, __u32 *reason)
+{
+	const struct jvm_proc *p = w->p;
+	__u64 lo = 0, segmap = 0, idx, shift = p->segment_shift & 31;
+	__u32 i;
+
+	for (i = 0; i < JVM_MAX_HEAPS; i++) {
+		if (i < p->nheaps && w->pc >= p->heaps[i].lo && w->pc < p->heaps[i].hi) {
+			lo = p->heaps[i].lo;
+			segmap = p->heaps[i].segmap;
+			break;
+		}
+	}
+	if (!segmap) {
+		*reason = JVM_ERR_NO_HEAP;
+		return 0;
+	}
+	idx = (w->pc - lo) >> shift;
+	for (i = 0; i < JVM_MAX_HOPS; i++) {
+		__u8 tag;
+
+		if (bpf_probe_read_user(&tag, 1, (const void *)(segmap + idx))) {
+			*reason = JVM_ERR_READ;
+			return 0;
+		}
+		if (tag == 0)
+			return lo + (idx << shift) + p->heapblock_size;
+		if (tag == 0xff || tag > idx)
+			break;
+		idx -= tag;
+	}
+	*reason = JVM_ERR_SEGMAP;
+	return 0;
+}
+
+/* An interpreted frame: Method* and bcp from their slots below rbp (the
+ * bcp of the running frame lives in r13 until it calls out; the slot is
+ * written only then). The caller: return address above rbp, its sp saved
+ * in the frame (before the interpreter grew it for locals), its rbp at rbp. */
+static __always_inline long interp_frame(struct walk *w)
+{
+	const struct jvm_proc *p = w->p;
+	__u64 fp = w->fp, method, bcp, d;
+	int err = 0;
+
+	if (!fp || (fp & 7) || fp < w->sp)
+		return stop(w, JVM_ERR_NO_FRAME);
+	method = rd64(fp + (__s64)p->fp_method, &err);
+	bcp = rd64(fp + (__s64)p->fp_bcp, &err);
+	if (err)
+		return stop(w, JVM_ERR_READ);
+	/* r13 holds the bcp only once the method runs: a value within a
+	 * method's 64 KiB of bytecode of the saved one is taken. */
+	d = w->r13 > bcp ? w->r13 - bcp : bcp - w->r13;
+	if (w->top && d < 65536)
+		bcp = w->r13;
+	if (put(w,
+		(jvm_kind << SONDE_FRAME_KIND_SHIFT) | (JVM_FRAME_INTERP << JVM_FRAME_TYPE_SHIFT) |
+			(bcp & ADDR_MASK),
+		method, 2))
+		return 1;
+	w->pc = rd64(fp + 8, &err);
+	w->sp = rd64(fp + (__s64)p->fp_sender_sp, &err);
+	w->fp = rd64(fp, &err);
+	if (err)
+		return stop(w, JVM_ERR_READ);
+	if (w->sp < fp + 16)
+		return stop(w, JVM_ERR_NO_FRAME);
+	w->top = 0;
+	return 0;
+}
+
+/* A frame whose code keeps rbp as its frame pointer. */
+static __always_inline long fp_step(struct walk *w)
+{
+	__u64 fp = w->fp;
+	int err = 0;
+
+	if (!fp || (fp & 7) || fp < w->sp) {
+		w->pc = 0; /* the end of the chain, as for the kernel's walk */
+		return 1;
+	}
+	w->pc = rd64(fp + 8, &err);
+	w->fp = rd64(fp, &err);
+	w->sp = fp + 16;
+	w->top = 0;
+	if (err) {
+		w->pc = 0;
+		return 1;
+	}
+	return 0;
+}
+
+static long step(__u32 i, void *data)
+{
+	struct walk *w = data;
+	const struct jvm_proc *p = w->p;
+	__u64 blob, name_ptr, name = 0, code_begin, csp, aux;
+	__u32 reason = 0, fs, complete, cid;
+	int err = 0;
+
+	(void)i;
+	if (!w->pc)
+		return 1;
+	if (w->pc < p->code_lo || w->pc >= p->code_hi) {
+		if (put(w, w->pc, 0, 1))
+			return 1;
+		return fp_step(w);
+	}
+	if (w->pc >= p->interp_lo && w->pc < p->interp_hi)
+		return interp_frame(w);
+	blob = find_blob(w, &reason);
+	if (!blob)
+		return stop(w, reason);
+	name_ptr = rd64(blob + p->blob_name, &err);
+	fs = rd32(blob + p->blob_frame_size, &err);
+	complete = rd32(blob + p->blob_frame_complete, &err);
+	code_begin = rd64(blob + p->blob_code_begin, &err);
+	if (!err && bpf_probe_read_user(&name, sizeof(name), (const void *)name_ptr))
+		err = 1;
+	if (err)
+		return stop(w, JVM_ERR_READ);
+	if (name == NMETHOD_NAME) {
+		cid = rd32(blob + p->nm_compile_id, &err);
+		aux = (JVM_FRAME_NMETHOD << JVM_FRAME_TYPE_SHIFT) |
+		      ((__u64)(cid & JVM_CID_MASK) << 32) | (__u32)(w->pc - code_begin) |
+		      (w->top ? 0 : JVM_FRAME_RET);
+	} else {
+		aux = (JVM_FRAME_BLOB << JVM_FRAME_TYPE_SHIFT) | (__u32)(w->pc - blob);
+	}
+	if (put(w, (jvm_kind << SONDE_FRAME_KIND_SHIFT) | aux, blob, 2))
+		return 1;
+	if (w->top && w->pc < code_begin + (__s32)complete) {
+		/* The prologue: the frame is not all there yet. */
+		if (name == NMETHOD_NAME || fs)
+			return stop(w, JVM_ERR_PROLOGUE);
+	}
+	if (!fs || fs > 0x100000)
+		return fp_step(w); /* stubs with a frame pointer of their own */
+	/* HotSpot's own step: the caller's sp is the frame's size above ours,
+	 * with the return address and the saved rbp just below it. */
+	csp = w->sp + (__u64)fs * 8;
+	w->pc = rd64(csp - 8, &err);
+	w->fp = rd64(csp - 16, &err);
+	w->sp = csp;
+	w->top = 0;
+	if (err)
+		return stop(w, JVM_ERR_READ);
+	return 0;
+}
+
+/* The vmstructs path: the registers at the sample, then the walk. */
+static __always_inline int walk_vmstructs(struct bpf_perf_event_data *ctx, struct sonde_sample *s,
+					  const struct jvm_proc *p)
+{
+	struct walk w = {.s = s, .p = p, .base = s->kstack_len, .top = 1};
+
+	if (s->flags & SONDE_SAMPLE_USER_MODE) {
+		w.pc = ctx->regs.ip;
+		w.sp = ctx->regs.sp;
+		w.fp = ctx->regs.bp;
+		w.r13 = ctx->regs.r13;
+	} else {
+		struct task_struct *task = bpf_get_current_task_btf();
+		struct pt_regs uregs;
+
+		if (task->flags & PF_KTHREAD)
+			return sonde_sample_emit(s);
+		/* a copy: the compiler would merge these loads with the ctx ones
+		 * above, and the verifier refuses a ctx pointer moved that way */
+		if (bpf_probe_read_kernel(&uregs, sizeof(uregs), (void *)bpf_task_pt_regs(task))) {
+			jvm_error(JVM_ERR_READ);
+			return sonde_sample_emit(s);
+		}
+		w.pc = uregs.ip;
+		w.sp = uregs.sp;
+		w.fp = uregs.bp;
+		w.r13 = uregs.r13;
+	}
+	bpf_loop(SONDE_MAX_USTACK, step, &w, 0);
+	s->ustack_len = w.words;
+	if (w.truncated || (w.pc && !w.err && w.words >= SONDE_MAX_USTACK - 1)) {
+		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
+		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
+		jvm_error(JVM_ERR_TRUNCATED);
+	} else if (w.err) {
+		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
+		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
+		jvm_error(w.err - 1);
+	}
+	return sonde_sample_emit(s);
+}
+
 SEC("perf_event")
 int unwind_jvm(struct bpf_perf_event_data *ctx)
 {
@@ -120,6 +388,8 @@ int unwind_jvm(struct bpf_perf_event_data *ctx)
 	s->ustack_len = 0;
 	if (s->kstack_len > SONDE_MAX_KSTACK)
 		return sonde_sample_emit(s);
+	if (p->mode == JVM_MODE_VMSTRUCTS)
+		return walk_vmstructs(ctx, s, p);
 	got = bpf_get_stack(ctx, nb->words, SONDE_MAX_USTACK * sizeof(__u64), BPF_F_USER_STACK);
 	if (got < 0) {
 		s->flags |= SONDE_SAMPLE_USTACK_ERROR;

@@ -4,19 +4,31 @@
  *
  * Detection (attach_process and, for a JVM offered at exec before its
  * libjvm.so is loaded, a retry timer): libjvm.so mapped; the serviceability
- * tables it exports (gHotSpotVMStructs, gHotSpotVMTypes and the symbols
- * giving their entry layout) read from the process and validated; the JVM's
- * version and code cache bounds read through them. Everything read is kept
- * per process for the VMStructs walker of the next increment. A JVM whose
- * tables cannot be read is declined with the reason.
+ * tables it exports (gHotSpotVMStructs, gHotSpotVMTypes, gHotSpotVMIntConstants
+ * and the symbols giving their entry layout) read from the process and
+ * validated; the JVM's version, code cache, code heaps and interpreter read
+ * through them. A JVM whose tables cannot be read is declined with the
+ * reason.
  *
- * This increment's path, "perfmap": for a JVM run with
- * -XX:+PreserveFramePointer the BPF walker (jvm.bpf.c) turns every pc in the
- * code cache into a frame of the plugin's kind, and the symbolizer names it
- * from the perf map the JVM writes when asked through its attach interface
- * (jcmd Compiler.perfmap, JDK 17+). The attach protocol can take seconds, so
- * it runs on a worker thread of the plugin; a lock guards the per-process
- * tables between it and the core's loop thread.
+ * Two paths, shown by `sondectl ps` as the process's note:
+ *
+ * "vmstructs", for any JVM whose tables give the walker all it needs: the
+ * BPF walker (jvm.bpf.c) finds the CodeBlob of each code-cache pc and emits
+ * interpreted frames as (Method*, bcp) and compiled ones as (nmethod, pc
+ * offset, compile id); this file names them by reading the JVM's metadata:
+ * Method -> ConstMethod -> ConstantPool -> holder Klass and Symbols, the
+ * line from the method's compressed line number table, and for compiled
+ * code the scope chain of the PcDesc at the pc, so that inlined methods
+ * become frames of their own. No JVM flags are needed.
+ *
+ * "perfmap", the fallback (or forced by the setting path = "perfmap"): for
+ * a JVM run with -XX:+PreserveFramePointer the kernel's frame-pointer walk
+ * reaches every frame, each pc in the code cache becomes a frame of the
+ * plugin's kind, and the symbolizer names it from the perf map the JVM
+ * writes when asked through its attach interface (jcmd Compiler.perfmap,
+ * JDK 17+). The attach protocol can take seconds, so it runs on a worker
+ * thread of the plugin; a lock guards the per-process tables between it and
+ * the core's loop thread.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -58,10 +70,112 @@ enum jvm_path {
 	PATH_PENDING = 0, /* waiting for libjvm.so or for the code cache */
 	PATH_PERFMAP,
 	PATH_DECLINED, /* attached at exec, found unreadable later */
+	PATH_VMSTRUCTS,
 	PATH__COUNT,
 };
 
-static const char *const path_names[PATH__COUNT] = {"pending", "perfmap", "declined"};
+static const char *const path_names[PATH__COUNT] = {"pending", "perfmap", "declined", "vmstructs"};
+
+/*
+ * What the VMStructs walker and its symbolizer read, by VMStructs name. All
+ * must be there (and inside their types) for a JVM to get the vmstructs
+ * path; without them it falls back to the perfmap path.
+ */
+enum vm_off {
+	O_GA_LEN = 0,
+	O_GA_DATA,
+	O_HEAP_MEMORY,
+	O_HEAP_SEGMAP,
+	O_HEAP_LOG2SEG,
+	O_VS_LOW,
+	O_VS_HIGH,
+	O_BLOB_NAME,
+	O_BLOB_FRAME_SIZE,
+	O_BLOB_FRAME_COMPLETE,
+	O_BLOB_CODE_BEGIN,
+	O_NM_COMPILE_ID,
+	O_NM_METHOD,
+	O_NM_SCOPES_DATA,
+	O_NM_SCOPES_PCS,
+	O_NM_DEPENDENCIES,
+	O_NM_METADATA,
+	O_SQ_BUFFER,
+	O_SQ_LIMIT,
+	O_M_CONSTMETHOD,
+	O_CM_CONSTANTS,
+	O_CM_CODE_SIZE,
+	O_CM_FLAGS,
+	O_CM_NAME_INDEX,
+	O_CP_HOLDER,
+	O_CP_SOURCE_FILE,
+	O_KLASS_NAME,
+	O_SYM_LENGTH,
+	O_SYM_BODY,
+	O_PC_OFFSET,
+	O_PC_SCOPE,
+	O__COUNT,
+};
+
+static const struct {
+	const char *type, *field;
+} vm_offs[O__COUNT] = {
+	[O_GA_LEN] = {"GrowableArrayBase", "_len"},
+	[O_GA_DATA] = {"GrowableArray<int>", "_data"}, /* the same for CodeHeap* */
+	[O_HEAP_MEMORY] = {"CodeHeap", "_memory"},
+	[O_HEAP_SEGMAP] = {"CodeHeap", "_segmap"},
+	[O_HEAP_LOG2SEG] = {"CodeHeap", "_log2_segment_size"},
+	[O_VS_LOW] = {"VirtualSpace", "_low_boundary"},
+	[O_VS_HIGH] = {"VirtualSpace", "_high_boundary"},
+	[O_BLOB_NAME] = {"CodeBlob", "_name"},
+	[O_BLOB_FRAME_SIZE] = {"CodeBlob", "_frame_size"},
+	[O_BLOB_FRAME_COMPLETE] = {"CodeBlob", "_frame_complete_offset"},
+	[O_BLOB_CODE_BEGIN] = {"CodeBlob", "_code_begin"},
+	[O_NM_COMPILE_ID] = {"nmethod", "_compile_id"},
+	[O_NM_METHOD] = {"CompiledMethod", "_method"},
+	[O_NM_SCOPES_DATA] = {"CompiledMethod", "_scopes_data_begin"},
+	[O_NM_SCOPES_PCS] = {"nmethod", "_scopes_pcs_offset"},
+	[O_NM_DEPENDENCIES] = {"nmethod", "_dependencies_offset"},
+	[O_NM_METADATA] = {"nmethod", "_metadata_offset"},
+	[O_SQ_BUFFER] = {"StubQueue", "_stub_buffer"},
+	[O_SQ_LIMIT] = {"StubQueue", "_buffer_limit"},
+	[O_M_CONSTMETHOD] = {"Method", "_constMethod"},
+	[O_CM_CONSTANTS] = {"ConstMethod", "_constants"},
+	[O_CM_CODE_SIZE] = {"ConstMethod", "_code_size"},
+	[O_CM_FLAGS] = {"ConstMethod", "_flags"},
+	[O_CM_NAME_INDEX] = {"ConstMethod", "_name_index"},
+	[O_CP_HOLDER] = {"ConstantPool", "_pool_holder"},
+	[O_CP_SOURCE_FILE] = {"ConstantPool", "_source_file_name_index"},
+	[O_KLASS_NAME] = {"Klass", "_name"},
+	[O_SYM_LENGTH] = {"Symbol", "_length"},
+	[O_SYM_BODY] = {"Symbol", "_body"},
+	[O_PC_OFFSET] = {"PcDesc", "_pc_offset"},
+	[O_PC_SCOPE] = {"PcDesc", "_scope_decode_offset"},
+};
+
+/* Sizes it needs: the data after a ConstMethod (bytecode) and after a
+ * ConstantPool (its slots) start there; a blob follows its HeapBlock. */
+enum vm_size { Z_HEAPBLOCK = 0, Z_CONSTMETHOD, Z_CONSTANTPOOL, Z_PCDESC, Z__COUNT };
+
+static const char *const vm_sizes[Z__COUNT] = {"HeapBlock", "ConstMethod", "ConstantPool",
+					       "PcDesc"};
+
+enum vm_int { I_SENDER_SP = 0, I_LAST_SP, I_HAS_LINES, I__COUNT };
+
+static const char *const vm_ints[I__COUNT] = {
+	"frame::interpreter_frame_sender_sp_offset",
+	"frame::interpreter_frame_last_sp_offset",
+	"ConstMethod::_has_linenumber_table",
+};
+
+/* The walker's view of a JVM, from VMStructs. */
+struct walker_info {
+	uint32_t off[O__COUNT];
+	uint64_t size[Z__COUNT];
+	int32_t ints[I__COUNT];
+	uint64_t heaps_addr;  /* &CodeCache::_heaps */
+	uint64_t interp_addr; /* &AbstractInterpreter::_code */
+	char missing[160];    /* why the walker cannot be used; "" when it can */
+};
 
 /* One entry of gHotSpotVMStructs: a field's offset, or a static's address. */
 struct vm_field {
@@ -84,6 +198,7 @@ struct vm_info {
 	char release[64]; /* Abstract_VM_Version::_s_vm_release, e.g. "17.0.15+6-..." */
 	int major;
 	uint64_t code_lo, code_hi; /* CodeCache::_low_bound, _high_bound */
+	struct walker_info w;
 };
 
 struct perf_sym {
@@ -100,6 +215,7 @@ struct proc {
 	int tries;
 	char libjvm[PATH_MAX];
 	struct vm_info vm;
+	struct jvm_proc bp;    /* the walker's entry, when vm.w.missing is "" */
 	struct perf_sym *syms; /* sorted by start */
 	size_t nsyms;
 	uint64_t requested_ms; /* last perf map request, 0: none */
@@ -115,6 +231,7 @@ struct job {
 
 struct settings {
 	int64_t perfmap_interval_ms;
+	const char *path; /* "auto" or "perfmap" */
 };
 
 struct jvm {
@@ -130,8 +247,8 @@ struct jvm {
 	struct job *jobs;
 	struct proc *procs;
 	struct plugin_strings strings; /* names handed to the core, until fini; under lock */
-	uint64_t declined; /* JVMs declined since start */
-	uint64_t unnamed, attach_errors, perfmap_errors;
+	uint64_t declined;	       /* JVMs declined since start */
+	uint64_t unnamed, attach_errors, perfmap_errors, stale, symbol_errors;
 };
 
 static uint64_t now_ms(void)
@@ -273,6 +390,10 @@ enum vm_sym {
 	S_TYPE_STRIDE,
 	S_TYPE_NAME,
 	S_TYPE_SIZE,
+	S_INTS, /* the integer constants: only the walker needs them */
+	S_INT_STRIDE,
+	S_INT_NAME,
+	S_INT_VALUE,
 	S__COUNT,
 };
 
@@ -288,6 +409,10 @@ static const char *const vm_sym_names[S__COUNT] = {
 	[S_TYPE_STRIDE] = "gHotSpotVMTypeEntryArrayStride",
 	[S_TYPE_NAME] = "gHotSpotVMTypeEntryTypeNameOffset",
 	[S_TYPE_SIZE] = "gHotSpotVMTypeEntrySizeOffset",
+	[S_INTS] = "gHotSpotVMIntConstants",
+	[S_INT_STRIDE] = "gHotSpotVMIntConstantEntryArrayStride",
+	[S_INT_NAME] = "gHotSpotVMIntConstantEntryNameOffset",
+	[S_INT_VALUE] = "gHotSpotVMIntConstantEntryValueOffset",
 };
 
 struct syms {
@@ -302,7 +427,7 @@ static int read_syms(const char *file, struct syms *s)
 
 	memset(s, 0, sizeof(*s));
 	for (k = 0; k < S__COUNT; k++)
-		want[k] = (struct plugin_dynsym){ .name = vm_sym_names[k] };
+		want[k] = (struct plugin_dynsym){.name = vm_sym_names[k]};
 	ret = plugin_elf_dynsyms(file, want, S__COUNT, &s->base_vaddr);
 	for (k = 0; !ret && k < S__COUNT; k++)
 		s->addr[k] = want[k].addr;
@@ -575,6 +700,163 @@ static int validate(struct reader *r, const struct vm_info *vm)
 	return 0;
 }
 
+/* Why the walker cannot read this JVM: 1 (read_code_heaps), 0 (walker_info). */
+#define MISSING(w, ...)	  (snprintf((w)->missing, sizeof((w)->missing), __VA_ARGS__), 1)
+#define NO_WALKER(w, ...) (snprintf((w)->missing, sizeof((w)->missing), __VA_ARGS__), 0)
+
+struct int_ctx {
+	struct walker_info *w;
+	uint32_t value;
+	uint32_t found; /* bit per vm_int */
+};
+
+static int take_int(struct reader *r, const uint8_t *e, const char *name, void *ctx)
+{
+	struct int_ctx *c = ctx;
+	int k;
+
+	(void)r;
+	for (k = 0; k < I__COUNT; k++) {
+		if (!strcmp(name, vm_ints[k])) {
+			memcpy(&c->w->ints[k], e + c->value, sizeof(c->w->ints[k]));
+			c->found |= 1U << k;
+		}
+	}
+	return 0;
+}
+
+/*
+ * What the walker needs, from the tables read: vm->w, with w->missing
+ * saying why the walker cannot be used (then the JVM gets the perfmap
+ * path). 0, or -errno on ENOMEM.
+ */
+static int walker_info(struct reader *r, struct vm_info *vm, const struct syms *s, uint64_t bias)
+{
+	static const int int_which[] = {S_INT_STRIDE, S_INT_NAME, S_INT_VALUE};
+	struct walker_info *w = &vm->w;
+	char why[256] = "";
+	struct reader ir = {.j = r->j, .pid = r->pid, .reason = why, .reasonlen = sizeof(why)};
+	const struct vm_field *f;
+	const struct vm_type *t;
+	struct int_ctx ic = {.w = w};
+	uint32_t lay[3];
+	uint64_t ints;
+	size_t n;
+	int k, rc;
+
+	w->missing[0] = '\0';
+	for (k = 0; k < O__COUNT; k++) {
+		f = vm_field(vm, vm_offs[k].type, vm_offs[k].field);
+		t = vm_type(vm, vm_offs[k].type);
+		if (!f || f->is_static)
+			return NO_WALKER(w, "no %s::%s", vm_offs[k].type, vm_offs[k].field);
+		if (t && t->size && f->value >= t->size)
+			return NO_WALKER(w, "%s::%s past the type's size", f->type, f->field);
+		w->off[k] = (uint32_t)f->value;
+	}
+	for (k = 0; k < Z__COUNT; k++) {
+		t = vm_type(vm, vm_sizes[k]);
+		if (!t || !t->size || t->size > 4096)
+			return NO_WALKER(w, "no size for %s", vm_sizes[k]);
+		w->size[k] = t->size;
+	}
+	f = vm_field(vm, "AbstractInterpreter", "_code");
+	if (!f || !f->is_static || !f->value)
+		return NO_WALKER(w, "no AbstractInterpreter::_code");
+	w->interp_addr = f->value;
+	w->heaps_addr = vm_field(vm, "CodeCache", "_heaps")->value; /* required */
+	if (!s->addr[S_INTS])
+		return NO_WALKER(w, "libjvm.so exports no gHotSpotVMIntConstants");
+	rc = read_layout(&ir, s, bias, int_which, lay, 3);
+	if (!rc && read_exact(&ir, bias + s->addr[S_INTS], &ints, 8))
+		rc = DECLINE(&ir, "cannot read gHotSpotVMIntConstants");
+	ic.value = lay[2];
+	if (!rc)
+		rc = walk_entries(&ir, "gHotSpotVMIntConstants", ints, lay[0], lay[1], take_int,
+				  &ic, &n);
+	if (rc < 0)
+		return rc;
+	if (rc)
+		return NO_WALKER(w, "%s", why);
+	for (k = 0; k < I__COUNT; k++)
+		if (!(ic.found & (1U << k)))
+			return NO_WALKER(w, "gHotSpotVMIntConstants: no %s", vm_ints[k]);
+	/* Interpreter frames as laid out since JDK 9 (frame_x86.hpp): */
+	if (vm->major < 9)
+		return NO_WALKER(w, "JDK %d: interpreter frames laid out before JDK 9", vm->major);
+	if (w->ints[I_SENDER_SP] < -8 || w->ints[I_SENDER_SP] >= 0 || w->ints[I_LAST_SP] < -8 ||
+	    w->ints[I_LAST_SP] >= 0 || !w->ints[I_HAS_LINES])
+		return NO_WALKER(w, "implausible frame constants (%d, %d)", w->ints[I_SENDER_SP],
+				 w->ints[I_LAST_SP]);
+	return 0;
+}
+
+/*
+ * The walker's entry for a JVM whose code heaps and interpreter are up: 0;
+ * -EAGAIN while they are not; 1 with vm->w.missing set when they cannot be
+ * read.
+ */
+static int read_code_heaps(struct reader *r, struct vm_info *vm, struct jvm_proc *bp)
+{
+	struct walker_info *w = &vm->w;
+	uint64_t ga, data, heap, code, buf;
+	int32_t len, limit, log2 = 0, l;
+	uint32_t i;
+
+	memset(bp, 0, sizeof(*bp));
+	if (read_exact(r, w->heaps_addr, &ga, 8))
+		return MISSING(w, "cannot read CodeCache::_heaps");
+	if (!ga || read_exact(r, ga + w->off[O_GA_LEN], &len, 4) || !len)
+		return -EAGAIN;
+	if (len < 0 || len > JVM_MAX_HEAPS || read_exact(r, ga + w->off[O_GA_DATA], &data, 8))
+		return MISSING(w, "%d code heaps", len);
+	for (i = 0; i < (uint32_t)len; i++) {
+		struct jvm_heap *h = &bp->heaps[i];
+
+		if (read_exact(r, data + 8 * i, &heap, 8) ||
+		    read_exact(r, heap + w->off[O_HEAP_MEMORY] + w->off[O_VS_LOW], &h->lo, 8) ||
+		    read_exact(r, heap + w->off[O_HEAP_MEMORY] + w->off[O_VS_HIGH], &h->hi, 8) ||
+		    read_exact(r, heap + w->off[O_HEAP_SEGMAP] + w->off[O_VS_LOW], &h->segmap, 8) ||
+		    read_exact(r, heap + w->off[O_HEAP_LOG2SEG], &l, 4))
+			return MISSING(w, "cannot read code heap %u", i);
+		if (h->lo >= h->hi || h->lo < vm->code_lo || h->hi > vm->code_hi || !h->segmap ||
+		    l < 4 || l > 20 || (i && l != log2))
+			return MISSING(w,
+				       "code heap %u: 0x%" PRIx64 "-0x%" PRIx64 ", segments 2^%d",
+				       i, (uint64_t)h->lo, (uint64_t)h->hi, l);
+		log2 = l;
+	}
+	if (read_exact(r, w->interp_addr, &code, 8))
+		return MISSING(w, "cannot read AbstractInterpreter::_code");
+	if (!code)
+		return -EAGAIN;
+	if (read_exact(r, code + w->off[O_SQ_BUFFER], &buf, 8) ||
+	    read_exact(r, code + w->off[O_SQ_LIMIT], &limit, 4))
+		return MISSING(w, "cannot read the interpreter's StubQueue");
+	if (limit <= 0 || buf < vm->code_lo || buf + (uint64_t)limit > vm->code_hi)
+		return MISSING(w, "interpreter code 0x%" PRIx64 "+%d outside the code cache", buf,
+			       limit);
+	bp->code_lo = vm->code_lo;
+	bp->code_hi = vm->code_hi;
+	bp->interp_lo = buf;
+	bp->interp_hi = buf + (uint64_t)limit;
+	bp->mode = JVM_MODE_VMSTRUCTS;
+	bp->nheaps = (uint32_t)len;
+	bp->segment_shift = (uint32_t)log2;
+	bp->heapblock_size = (uint32_t)w->size[Z_HEAPBLOCK];
+	bp->blob_name = w->off[O_BLOB_NAME];
+	bp->blob_frame_size = w->off[O_BLOB_FRAME_SIZE];
+	bp->blob_frame_complete = w->off[O_BLOB_FRAME_COMPLETE];
+	bp->blob_code_begin = w->off[O_BLOB_CODE_BEGIN];
+	bp->nm_compile_id = w->off[O_NM_COMPILE_ID];
+	/* frame_x86.hpp since JDK 9: below last_sp come the Method*, the
+	 * mirror, the mdp, the cache, the locals and the bcp, a word each. */
+	bp->fp_sender_sp = w->ints[I_SENDER_SP] * 8;
+	bp->fp_method = (w->ints[I_LAST_SP] - 1) * 8;
+	bp->fp_bcp = (w->ints[I_LAST_SP] - 6) * 8;
+	return 0;
+}
+
 /*
  * Reads the JVM's tables into p->vm. 0 when the JVM is readable and its code
  * cache is up; -EAGAIN when it may become so (libjvm.so not mapped yet, the
@@ -656,9 +938,14 @@ static int detect(struct jvm *j, struct proc *p, char *reason, size_t reasonlen)
 			     vm.code_lo, vm.code_hi);
 		goto fail;
 	}
-	if (vm.major < 17) {
-		rc = DECLINE(&r, "JDK %d (%s): no Compiler.perfmap before JDK 17", vm.major,
-			     vm.release);
+	rc = walker_info(&r, &vm, &s, bias);
+	if (!rc && !vm.w.missing[0])
+		rc = read_code_heaps(&r, &vm, &p->bp);
+	if (rc < 0)
+		goto fail;
+	if (vm.major < 17 && vm.w.missing[0]) {
+		rc = DECLINE(&r, "JDK %d (%s): %s, and no Compiler.perfmap before JDK 17", vm.major,
+			     vm.release, vm.w.missing);
 		goto fail;
 	}
 	free(p->vm.fields);
@@ -971,23 +1258,380 @@ static void request_perfmap(struct jvm *j, struct proc *p)
 
 /* ---- the plugin ---------------------------------------------------------------------------- */
 
-/* p got its tables: its code cache goes to the walker, its perf map is asked for. */
-static int start_perfmap(struct jvm *j, struct proc *p)
+static void set_status(struct jvm *j, uint32_t pid, int attached, const char *note)
 {
-	struct jvm_proc bp = {.code_lo = p->vm.code_lo, .code_hi = p->vm.code_hi};
+	if (j->api->size >= offsetof(struct sonde_host_api, process_status) +
+				    sizeof(j->api->process_status) &&
+	    j->api->process_status)
+		j->api->process_status(j->host, pid, attached, note);
+}
 
+/* p got its tables: the walker's entry goes to BPF; on the vmstructs path
+ * when the walker can read this JVM and the settings allow it, else on the
+ * perfmap path, whose perf map is asked for. */
+static int start_path(struct jvm *j, struct proc *p)
+{
+	bool vms = !p->vm.w.missing[0] && strcmp(j->set.path, "perfmap");
+	struct jvm_proc bp = {
+		.code_lo = p->vm.code_lo, .code_hi = p->vm.code_hi, .mode = JVM_MODE_PERFMAP};
+	char note[256];
+
+	if (vms)
+		bp = p->bp;
 	if (bpf_map_update_elem(bpf_map__fd(j->skel->maps.jvm_procs), &p->pid, &bp, BPF_ANY))
 		return -errno;
 	pthread_mutex_lock(&j->lock);
-	p->path = PATH_PERFMAP;
+	p->path = vms ? PATH_VMSTRUCTS : PATH_PERFMAP;
 	request_perfmap(j, p);
 	pthread_mutex_unlock(&j->lock);
+	if (vms)
+		snprintf(note, sizeof(note),
+			 "path vmstructs (interpreter 0x%" PRIx64 "-0x%" PRIx64 ", %u code heaps)",
+			 (uint64_t)bp.interp_lo, (uint64_t)bp.interp_hi, bp.nheaps);
+	else
+		snprintf(note, sizeof(note),
+			 "path perfmap (frame pointers + jcmd Compiler.perfmap%s%s)",
+			 p->vm.w.missing[0] ? "; no walker: " : "", p->vm.w.missing);
 	j->api->log(j->host, SONDE_PLUGIN_LOG_INFO,
 		    "pid %u: JDK %d (%s), %zu VMStructs fields, %zu types, code cache 0x%" PRIx64
-		    "-0x%" PRIx64 ": path perfmap (frame pointers + jcmd Compiler.perfmap)",
+		    "-0x%" PRIx64 ": %s",
 		    p->pid, p->vm.major, p->vm.release, p->vm.nfields, p->vm.ntypes, p->vm.code_lo,
-		    p->vm.code_hi);
+		    p->vm.code_hi, note);
+	set_status(j, p->pid, 1, vms ? "path vmstructs" : "path perfmap");
 	return 0;
+}
+
+/* ---- naming the walker's frames ----------------------------------------------------------- */
+
+#define MAX_SYMBOL    512   /* bytes of a Symbol read */
+#define MAX_LINE_TAB  16384 /* bytes of a line number table read */
+#define MAX_PCDESCS   65536
+#define MAX_SCOPE_LEN 16 /* inlining depth named */
+
+/* A reader of the process for the symbolizer: a fault sets err. */
+struct mem {
+	struct jvm *j;
+	uint32_t pid;
+	const struct walker_info *w;
+	int err;
+};
+
+static void mem_read(struct mem *m, uint64_t addr, void *buf, size_t len)
+{
+	if (m->err || !addr ||
+	    m->j->api->read_memory(m->j->host, m->pid, addr, buf, len) != (ssize_t)len) {
+		memset(buf, 0, len);
+		m->err = 1;
+	}
+}
+
+static uint64_t mem_u64(struct mem *m, uint64_t addr)
+{
+	uint64_t v;
+
+	mem_read(m, addr, &v, sizeof(v));
+	return v;
+}
+
+static uint32_t mem_u32(struct mem *m, uint64_t addr)
+{
+	uint32_t v;
+
+	mem_read(m, addr, &v, sizeof(v));
+	return v;
+}
+
+static uint16_t mem_u16(struct mem *m, uint64_t addr)
+{
+	uint16_t v;
+
+	mem_read(m, addr, &v, sizeof(v));
+	return v;
+}
+
+/* A Symbol's bytes (not NUL-ended in the JVM) into out. */
+static void mem_symbol(struct mem *m, uint64_t sym, char *out, size_t outlen)
+{
+	size_t len = mem_u16(m, sym + m->w->off[O_SYM_LENGTH]);
+
+	if (len >= outlen)
+		len = outlen - 1;
+	mem_read(m, sym + m->w->off[O_SYM_BODY], out, len);
+	out[m->err ? 0 : len] = '\0';
+}
+
+/* HotSpot's compressed ints (UNSIGNED5 before JDK 20): base-64 digits
+ * above 191 say another byte follows, at most five. */
+static uint32_t u5(const uint8_t *b, size_t len, size_t *pos, bool *bad)
+{
+	uint32_t sum = 0;
+	int i, shift = 0;
+
+	for (i = 0; i < 5; i++, shift += 6) {
+		uint32_t c;
+
+		if (*pos >= len) {
+			*bad = true;
+			return 0;
+		}
+		c = b[(*pos)++];
+		sum += c << shift;
+		if (c < 192)
+			return sum;
+	}
+	return sum;
+}
+
+static int32_t u5_signed(const uint8_t *b, size_t len, size_t *pos, bool *bad)
+{
+	uint32_t v = u5(b, len, pos, bad);
+
+	return (int32_t)((v >> 1) ^ -(v & 1));
+}
+
+/*
+ * The line of bci in a ConstMethod's compressed line number table (after
+ * its bytecode): the entry for bci, else the last one before it, as
+ * Method::line_number_from_bci does. 0 when unknown.
+ */
+static uint32_t line_of(struct mem *m, uint64_t cm, int32_t bci)
+{
+	const struct walker_info *w = m->w;
+	uint8_t tab[MAX_LINE_TAB];
+	uint16_t flags = mem_u16(m, cm + w->off[O_CM_FLAGS]);
+	uint16_t code_size = mem_u16(m, cm + w->off[O_CM_CODE_SIZE]);
+	int32_t cur_bci = 0, line = 0, best_bci = 0, best = 0;
+	size_t pos = 0, len;
+	ssize_t n;
+	bool bad = false;
+
+	if (m->err || !(flags & (uint32_t)w->ints[I_HAS_LINES]) || bci < 0)
+		return 0;
+	n = m->j->api->read_memory(m->j->host, m->pid, cm + w->size[Z_CONSTMETHOD] + code_size, tab,
+				   sizeof(tab));
+	if (n <= 0)
+		return 0;
+	len = (size_t)n;
+	while (pos < len && !bad) {
+		uint8_t b = tab[pos++];
+
+		if (!b)
+			break;
+		if (b == 0xff) {
+			cur_bci += u5_signed(tab, len, &pos, &bad);
+			line += u5_signed(tab, len, &pos, &bad);
+		} else {
+			cur_bci += b >> 3;
+			line += b & 7;
+		}
+		if (bad)
+			break;
+		if (cur_bci == bci)
+			return line > 0 ? (uint32_t)line : 0;
+		if (cur_bci < bci && cur_bci >= best_bci) {
+			best_bci = cur_bci;
+			best = line;
+		}
+	}
+	return best > 0 ? (uint32_t)best : 0;
+}
+
+/* "package.Class.method" and the source file of a Method, interned; its
+ * ConstMethod in *cm. 0, or -EFAULT. */
+static int name_method(struct mem *m, uint64_t method, uint64_t *cm, struct sonde_plugin_frame *f)
+{
+	const struct walker_info *w = m->w;
+	char klass[MAX_SYMBOL], name[MAX_SYMBOL], file[MAX_SYMBOL], full[2 * MAX_SYMBOL + 2];
+	uint64_t cp, holder, slots;
+	uint16_t name_index, file_index;
+	char *c;
+
+	*cm = mem_u64(m, method + w->off[O_M_CONSTMETHOD]);
+	cp = mem_u64(m, *cm + w->off[O_CM_CONSTANTS]);
+	holder = mem_u64(m, cp + w->off[O_CP_HOLDER]);
+	slots = cp + w->size[Z_CONSTANTPOOL];
+	name_index = mem_u16(m, *cm + w->off[O_CM_NAME_INDEX]);
+	file_index = mem_u16(m, cp + w->off[O_CP_SOURCE_FILE]);
+	mem_symbol(m, mem_u64(m, holder + w->off[O_KLASS_NAME]), klass, sizeof(klass));
+	/* constant pool slots hold Symbol*, the low bit a tag */
+	mem_symbol(m, mem_u64(m, slots + 8ULL * name_index) & ~1ULL, name, sizeof(name));
+	file[0] = '\0';
+	if (file_index)
+		mem_symbol(m, mem_u64(m, slots + 8ULL * file_index) & ~1ULL, file, sizeof(file));
+	if (m->err || !klass[0] || !name[0])
+		return -EFAULT;
+	for (c = klass; *c; c++)
+		if (*c == '/')
+			*c = '.';
+	snprintf(full, sizeof(full), "%s.%s", klass, name);
+	pthread_mutex_lock(&m->j->lock);
+	f->function = plugin_strings_intern(&m->j->strings, full);
+	f->file = file[0] ? plugin_strings_intern(&m->j->strings, file) : NULL;
+	pthread_mutex_unlock(&m->j->lock);
+	return f->function ? 0 : -ENOMEM;
+}
+
+/* One Java frame: the method and the line of bci (-1: unknown). */
+static int java_frame(struct mem *m, uint64_t method, int32_t bci, struct sonde_plugin_frame *f)
+{
+	uint64_t cm;
+
+	*f = (struct sonde_plugin_frame){0};
+	if (name_method(m, method, &cm, f))
+		return -EFAULT;
+	f->line = bci >= 0 ? line_of(m, cm, bci) : 0;
+	m->err = 0; /* a line table that cannot be read leaves the line out */
+	return 0;
+}
+
+static int name_interp(struct mem *m, uint64_t aux, uint64_t method, struct sonde_plugin_frame *f)
+{
+	uint64_t cm, bcp = aux & 0xffffffffffffULL;
+	int64_t bci;
+	uint16_t code_size;
+
+	*f = (struct sonde_plugin_frame){0};
+	if (name_method(m, method, &cm, f))
+		return 0;
+	bci = (int64_t)(bcp - (cm + m->w->size[Z_CONSTMETHOD]));
+	code_size = mem_u16(m, cm + m->w->off[O_CM_CODE_SIZE]);
+	/* a bcp outside the method's bytecode (an entry not yet run) has no line */
+	if (!m->err && bci >= 0 && bci < code_size)
+		f->line = line_of(m, cm, (int32_t)bci);
+	return 1;
+}
+
+struct pcdesc {
+	int32_t pc_offset, scope;
+};
+
+/*
+ * The frames of a compiled method at a pc, innermost first: the PcDesc at
+ * the pc (a return address has its call's own desc, or none: a frame being
+ * deoptimized returns to the deopt handler; elsewhere the next desc, as
+ * HotSpot's approximate lookup) and its scope chain in the nmethod's
+ * scopes data, each scope (sender offset, metadata index, bci + 1), the
+ * inlined methods before the ones they were inlined into.
+ */
+static int name_nmethod(struct mem *m, uint64_t aux, uint64_t nm, struct sonde_plugin_frame *f,
+			int max)
+{
+	const struct walker_info *w = m->w;
+	uint32_t off = (uint32_t)aux, cid = mem_u32(m, nm + w->off[O_NM_COMPILE_ID]);
+	bool ret = aux & JVM_FRAME_RET, bad = false;
+	uint64_t method = mem_u64(m, nm + w->off[O_NM_METHOD]), scopes, metadata;
+	int32_t pcs_off, deps_off, meta_off, scope = 0;
+	size_t n = 0, i, stride = w->size[Z_PCDESC];
+	uint8_t *pcs = NULL, buf[64];
+	int k = 0;
+
+	if (m->err || (cid & JVM_CID_MASK) != ((aux >> 32) & JVM_CID_MASK))
+		return -ESTALE; /* freed, or the blob now holds another method */
+	pcs_off = (int32_t)mem_u32(m, nm + w->off[O_NM_SCOPES_PCS]);
+	deps_off = (int32_t)mem_u32(m, nm + w->off[O_NM_DEPENDENCIES]);
+	meta_off = (int32_t)mem_u32(m, nm + w->off[O_NM_METADATA]);
+	scopes = mem_u64(m, nm + w->off[O_NM_SCOPES_DATA]);
+	metadata = nm + (uint64_t)(int64_t)meta_off;
+	if (!m->err && pcs_off > 0 && deps_off > pcs_off)
+		n = (size_t)(deps_off - pcs_off) / stride;
+	if (n && n < MAX_PCDESCS && (pcs = malloc(n * stride))) {
+		mem_read(m, nm + (uint64_t)pcs_off, pcs, n * stride);
+		for (i = 0; !m->err && i < n; i++) {
+			int32_t po, sc;
+
+			memcpy(&po, pcs + i * stride + w->off[O_PC_OFFSET], 4);
+			memcpy(&sc, pcs + i * stride + w->off[O_PC_SCOPE], 4);
+			if (ret ? po == (int32_t)off : po > (int32_t)off) {
+				scope = sc;
+				break;
+			}
+		}
+		free(pcs);
+	}
+	m->err = 0;
+	while (scope > 0 && k < max && k < MAX_SCOPE_LEN) {
+		uint32_t sender, index, bci1;
+		size_t pos = 0;
+		uint64_t inl;
+
+		mem_read(m, scopes + (uint64_t)scope, buf, 15);
+		sender = u5(buf, 15, &pos, &bad);
+		index = u5(buf, 15, &pos, &bad);
+		bci1 = u5(buf, 15, &pos, &bad);
+		if (m->err || bad || !index)
+			break;
+		inl = mem_u64(m, metadata + 8ULL * (index - 1));
+		if (m->err || java_frame(m, inl, (int32_t)bci1 - 1, &f[k]))
+			break;
+		k++;
+		if (sender >= (uint32_t)scope)
+			break;
+		scope = (int32_t)sender;
+	}
+	m->err = 0;
+	if (k)
+		return k;
+	/* no scope: the method itself, without a line */
+	return java_frame(m, method, -1, &f[0]) ? -EFAULT : 1;
+}
+
+static int name_blob(struct mem *m, uint64_t blob, struct sonde_plugin_frame *f)
+{
+	char name[MAX_VM_STRING];
+	ssize_t n;
+
+	n = m->j->api->read_memory(m->j->host, m->pid, mem_u64(m, blob + m->w->off[O_BLOB_NAME]),
+				   name, sizeof(name) - 1);
+	if (m->err || n <= 0)
+		return 0;
+	name[n] = '\0';
+	*f = (struct sonde_plugin_frame){0};
+	pthread_mutex_lock(&m->j->lock);
+	f->function = plugin_strings_intern(&m->j->strings, name);
+	pthread_mutex_unlock(&m->j->lock);
+	return f->function ? 1 : 0;
+}
+
+/* A frame of the vmstructs path; 0 when it cannot be named. */
+static int symbolize_walked(struct jvm *j, uint32_t pid, uint64_t aux, uint64_t payload,
+			    struct sonde_plugin_frame *frames, int max)
+{
+	struct mem m = {.j = j, .pid = pid};
+	struct walker_info w;
+	struct proc *p;
+	bool known;
+	int n = 0;
+
+	pthread_mutex_lock(&j->lock);
+	p = find_proc(j, pid);
+	known = p && p->path == PATH_VMSTRUCTS;
+	if (known)
+		w = p->vm.w; /* a copy: the lock is not held while reading the JVM */
+	pthread_mutex_unlock(&j->lock);
+	if (!known)
+		return 0;
+	m.w = &w;
+	switch (JVM_FRAME_TYPE(aux)) {
+	case JVM_FRAME_INTERP:
+		n = name_interp(&m, aux, payload, frames);
+		break;
+	case JVM_FRAME_NMETHOD:
+		n = name_nmethod(&m, aux, payload, frames, max);
+		break;
+	case JVM_FRAME_BLOB:
+		n = name_blob(&m, payload, frames);
+		break;
+	}
+	if (n <= 0) {
+		pthread_mutex_lock(&j->lock);
+		if (n == -ESTALE)
+			j->stale++;
+		else
+			j->symbol_errors++;
+		pthread_mutex_unlock(&j->lock);
+		return 0;
+	}
+	return n;
 }
 
 static int jvm_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t payload,
@@ -1001,6 +1645,8 @@ static int jvm_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t payl
 
 	if (!j || max < 1)
 		return 0;
+	if (JVM_FRAME_TYPE(word) != JVM_FRAME_PC)
+		return symbolize_walked(j, pid, word, payload, frames, max);
 	pthread_mutex_lock(&j->lock);
 	p = find_proc(j, pid);
 	if (p) {
@@ -1059,7 +1705,7 @@ static void jvm_tick(void *ctx)
 				 p->libjvm[0] ? "the code cache did not come up"
 					      : "no libjvm.so mapped after start-up");
 		if (!rc)
-			rc = start_perfmap(j, p);
+			rc = start_path(j, p);
 		if (!rc)
 			continue;
 		if (rc < 0 && !reason[0])
@@ -1071,11 +1717,7 @@ static void jvm_tick(void *ctx)
 		j->api->log(j->host, SONDE_PLUGIN_LOG_WARN,
 			    "pid %u: declined after attach: %s (native stacks only)", p->pid,
 			    reason);
-		/* sondectl ps shows it declined (host ABI 1.2) */
-		if (j->api->size >= offsetof(struct sonde_host_api, process_status) +
-					    sizeof(j->api->process_status) &&
-		    j->api->process_status)
-			j->api->process_status(j->host, p->pid, 0, reason);
+		set_status(j, p->pid, 0, reason); /* sondectl ps shows it declined */
 	}
 }
 
@@ -1154,9 +1796,10 @@ static int jvm_attach(void *state, const struct sonde_plugin_process *proc, char
 	if (rc == -EAGAIN) {
 		j->api->log(j->host, SONDE_PLUGIN_LOG_DEBUG, "pid %u: waiting for the JVM to start",
 			    p->pid);
+		set_status(j, p->pid, 1, "pending");
 		return 0;
 	}
-	rc = start_perfmap(j, p);
+	rc = start_path(j, p);
 	if (rc) {
 		snprintf(reason, reasonlen, "jvm_procs: %s", strerror(-rc));
 		forget(j, proc->pid);
@@ -1165,9 +1808,19 @@ static int jvm_attach(void *state, const struct sonde_plugin_process *proc, char
 }
 
 static const char *const error_names[JVM_ERR__COUNT] = {
-	[JVM_ERR_NO_PROC] = "no_code_cache", [JVM_ERR_USTACK] = "ustack",
-	[JVM_ERR_TRUNCATED] = "truncated",   [JVM_ERR_UNNAMED] = "unnamed_pc",
-	[JVM_ERR_ATTACH] = "attach",	     [JVM_ERR_PERFMAP] = "perfmap_read",
+	[JVM_ERR_NO_PROC] = "no_code_cache",
+	[JVM_ERR_USTACK] = "ustack",
+	[JVM_ERR_TRUNCATED] = "truncated",
+	[JVM_ERR_UNNAMED] = "unnamed_pc",
+	[JVM_ERR_ATTACH] = "attach",
+	[JVM_ERR_PERFMAP] = "perfmap_read",
+	[JVM_ERR_READ] = "read",
+	[JVM_ERR_NO_HEAP] = "no_code_heap",
+	[JVM_ERR_SEGMAP] = "segmap",
+	[JVM_ERR_PROLOGUE] = "prologue",
+	[JVM_ERR_NO_FRAME] = "no_caller",
+	[JVM_ERR_STALE] = "stale_nmethod",
+	[JVM_ERR_SYMBOL_READ] = "symbol_read",
 };
 
 static int jvm_write_metrics(void *state, FILE *out)
@@ -1189,6 +1842,8 @@ static int jvm_write_metrics(void *state, FILE *out)
 	user[JVM_ERR_UNNAMED] = j->unnamed;
 	user[JVM_ERR_ATTACH] = j->attach_errors;
 	user[JVM_ERR_PERFMAP] = j->perfmap_errors;
+	user[JVM_ERR_STALE] = j->stale;
+	user[JVM_ERR_SYMBOL_READ] = j->symbol_errors;
 	pthread_mutex_unlock(&j->lock);
 	fprintf(out, "# HELP sonde_unwind_jvm_processes JVMs by the path they got: perfmap and "
 		     "pending now, declined since start.\n"
@@ -1226,6 +1881,13 @@ static void *jvm_init(const struct sonde_host_api *api, struct sonde_host *host,
 		memcpy(&j->set, settings, sizeof(j->set));
 	if (j->set.perfmap_interval_ms < 100) {
 		snprintf(err, errlen, "perfmap_interval_ms must be at least 100");
+		goto fail;
+	}
+	if (!j->set.path)
+		j->set.path = "auto";
+	if (strcmp(j->set.path, "auto") && strcmp(j->set.path, "perfmap")) {
+		snprintf(err, errlen, "path must be \"auto\" or \"perfmap\", not \"%s\"",
+			 j->set.path);
 		goto fail;
 	}
 	kind = api->register_frame_kind(host, "jvm", jvm_symbolize);
@@ -1302,6 +1964,9 @@ static const struct sonde_plugin_setting jvm_settings[] = {
 	{SONDE_SETTING_INT, "perfmap_interval_ms", "2000",
 	 offsetof(struct settings, perfmap_interval_ms),
 	 "how often a JVM on the perfmap path is asked for a fresh perf map"},
+	{SONDE_SETTING_STRING, "path", "auto", offsetof(struct settings, path),
+	 "auto: the VMStructs walker where it can read the JVM, else the perf map; "
+	 "perfmap: the perf map only (JVMs run with -XX:+PreserveFramePointer)"},
 	{SONDE_SETTING_END, NULL, NULL, 0, NULL},
 };
 
@@ -1311,8 +1976,9 @@ const struct sonde_plugin sonde_plugin = {
 	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
 	.size = sizeof(struct sonde_plugin),
 	.name = "unwind-jvm",
-	.version = "0.1",
-	.description = "HotSpot JVM frames (Java methods from the JVM's perf map) in the stacks",
+	.version = "0.2",
+	.description = "HotSpot JVM frames (Java methods, interpreted, compiled and inlined) in "
+		       "the stacks",
 	.settings = jvm_settings,
 	.settings_size = sizeof(struct settings),
 	.init = jvm_init,
