@@ -37,7 +37,6 @@ enum slot_state {
 
 /* Requests are a few hundred bytes; anything this big is not sondectl. */
 #define CONTROL_RECVMAXSZ (64 * 1024)
-#define CONTROL_CMD_MAX	  64
 
 struct sonde_control_req {
 	struct sonde_control *c;
@@ -48,7 +47,7 @@ struct sonde_control_req {
 	nng_msg *msg;
 	msgpack_unpacked unp;
 	bool unpacked;
-	char cmd[CONTROL_CMD_MAX];
+	char cmd[SONDE_CONTROL_CMD_MAX];
 	struct sonde_control_req *next; /* queue link */
 };
 
@@ -265,8 +264,9 @@ const msgpack_object *sonde_control__arg(const msgpack_object *map, const char *
 	for (uint32_t i = 0; i < map->via.map.size; i++) {
 		const msgpack_object_kv *kv = &map->via.map.ptr[i];
 
+		/* msgpack-c gives an empty str a NULL ptr, which memcmp must not see. */
 		if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == klen &&
-		    !memcmp(kv->key.via.str.ptr, key, klen))
+		    (!klen || !memcmp(kv->key.via.str.ptr, key, klen)))
 			return &kv->val;
 	}
 	return NULL;
@@ -277,39 +277,42 @@ void sonde_control__pack_str(msgpack_packer *pk, const char *s)
 	msgpack_pack_str_with_body(pk, s, strlen(s));
 }
 
-/*
- * Checks the envelope. NULL if the handler may have it, else the error text
- * (the exact strings are documented in docs/control.md).
- */
-static const char *validate(struct sonde_control_req *r)
+const char *sonde_control__check_request(const void *data, size_t len, msgpack_unpacked *unp,
+					 char cmd[SONDE_CONTROL_CMD_MAX])
 {
-	const char *data = nng_msg_body(r->msg);
-	size_t len = nng_msg_len(r->msg), off = 0;
-	const msgpack_object *v, *cmd;
+	const msgpack_object *v, *c;
+	size_t off = 0;
+	char why[128];
 	int ret;
 
-	char why[128];
-
-	msgpack_unpacked_init(&r->unp);
-	r->unpacked = true;
+	cmd[0] = '\0';
 	/* the guarded unpack: a request cannot make msgpack-c reserve gigabytes */
-	ret = sonde_msgpack_unpack(&r->unp, data, len, &off, why, sizeof(why));
+	ret = sonde_msgpack_unpack(unp, data, len, &off, why, sizeof(why));
 	if (ret != 0 || off != len)
 		return "malformed request: not one msgpack object";
-	if (r->unp.data.type != MSGPACK_OBJECT_MAP)
+	if (unp->data.type != MSGPACK_OBJECT_MAP)
 		return "malformed request: not a msgpack map";
-	v = sonde_control__arg(&r->unp.data, "v");
+	v = sonde_control__arg(&unp->data, "v");
 	if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER || v->via.u64 != SONDE_CONTROL_VERSION)
 		return "unsupported protocol version: this sonded speaks v=1";
-	cmd = sonde_control__arg(&r->unp.data, "cmd");
-	if (!cmd || cmd->type != MSGPACK_OBJECT_STR || cmd->via.str.size == 0)
+	c = sonde_control__arg(&unp->data, "cmd");
+	if (!c || c->type != MSGPACK_OBJECT_STR || c->via.str.size == 0)
 		return "malformed request: no \"cmd\" string";
-	if (cmd->via.str.size >= sizeof(r->cmd) ||
-	    memchr(cmd->via.str.ptr, '\0', cmd->via.str.size))
+	if (c->via.str.size >= SONDE_CONTROL_CMD_MAX ||
+	    memchr(c->via.str.ptr, '\0', c->via.str.size))
 		return "malformed request: \"cmd\" is not a command name";
-	memcpy(r->cmd, cmd->via.str.ptr, cmd->via.str.size);
-	r->cmd[cmd->via.str.size] = '\0';
+	memcpy(cmd, c->via.str.ptr, c->via.str.size);
+	cmd[c->via.str.size] = '\0';
 	return NULL;
+}
+
+/* NULL if the handler may have r, else the error text to answer. */
+static const char *validate(struct sonde_control_req *r)
+{
+	msgpack_unpacked_init(&r->unp);
+	r->unpacked = true;
+	return sonde_control__check_request(nng_msg_body(r->msg), nng_msg_len(r->msg), &r->unp,
+					    r->cmd);
 }
 
 static void on_wake(void *ctx, int fd, uint32_t revents)

@@ -68,6 +68,8 @@ struct sonde_control *sonde_control__new(struct sonde_loop *loop, const char *ur
 void sonde_control__free(struct sonde_control *c);
 
 #define SONDE_CONTROL_SLOTS 16
+/* Room for a request's "cmd" and its NUL: a longer one is refused. */
+#define SONDE_CONTROL_CMD_MAX 64
 
 /*
  * Answers req with a map: {v=1, ok=true} followed by what fill adds. fill
@@ -91,6 +93,18 @@ __attribute__((format(printf, 2, 3))) int sonde_control_req__fail(struct sonde_c
  * not a map or has no such key. For handlers reading their arguments.
  */
 const msgpack_object *sonde_control__arg(const msgpack_object *map, const char *key);
+
+/*
+ * The listener's check of one request body data[0..len), before a handler
+ * sees it; public for the fuzzer and tests. unp is the caller's
+ * (msgpack_unpacked_init before, msgpack_unpacked_destroy after, whatever
+ * the result); on success unp->data is the request map, which may point
+ * into data, and cmd holds its "cmd". Returns NULL when the request goes to
+ * the handler, else the static error text it is answered with (the table
+ * in docs/control.md).
+ */
+const char *sonde_control__check_request(const void *data, size_t len, msgpack_unpacked *unp,
+					 char cmd[SONDE_CONTROL_CMD_MAX]);
 
 /* Packs a NUL-terminated string as a msgpack str: for fill callbacks. */
 void sonde_control__pack_str(msgpack_packer *pk, const char *s);

@@ -21,6 +21,7 @@
 #define HEAD_MAX	  8192
 #define MAX_CONNS	  64
 #define IDLE_TIMEOUT_NS	  (60ULL * 1000000000ULL)
+#define IDLE_MIN_MS	  100
 /* How long a closing connection may keep sending us bytes we discard. */
 #define LINGER_NS	  (2ULL * 1000000000ULL)
 #define SWEEP_INTERVAL_MS 1000
@@ -76,6 +77,7 @@ struct sonde_http {
 	sonde_http_handler handler;
 	void *ctx;
 	struct sonde_loop_timer *sweep;
+	uint64_t idle_ns;	       /* IDLE_TIMEOUT_NS unless set */
 	struct sonde_http_conn *conns; /* newest first */
 	unsigned int nconns;
 	char addr[INET6_ADDRSTRLEN + 8];
@@ -328,21 +330,27 @@ static char *next_line(char *buf, size_t *pos)
 	return line;
 }
 
-/*
- * Parses the complete head in[head_start..head_end) in place. Either fills
- * conn->req (state stays READING) or queues an error answer.
- */
-static bool parse_head(struct sonde_http_conn *conn)
+/* A refused head: the status and one-line message the server answers with. */
+static void refuse(struct sonde_http_head *h, int status, const char *msg)
 {
-	char *buf = conn->in, *line, *method, *target, *version, *sp, *query;
-	size_t pos = conn->head_start;
+	h->status = status;
+	h->error = msg;
+}
+
+/*
+ * Parses the complete head buf[pos..end) in place (end as find_head_end
+ * found it). Fills h->req and h->keep_alive, or h->status and h->error.
+ */
+static void parse_head(char *buf, size_t pos, size_t end, struct sonde_http_head *h)
+{
+	char *line, *method, *target, *version, *sp, *query;
 	bool http10, keep_alive = false, close = false;
 	ssize_t n;
 
 	/* A NUL would cut our C strings short; no valid head holds one. */
-	if (memchr(buf + pos, '\0', conn->head_end - pos)) {
-		fail_request(conn, 400, "NUL byte in request head", NULL);
-		return false;
+	if (memchr(buf + pos, '\0', end - pos)) {
+		refuse(h, 400, "NUL byte in request head");
+		return;
 	}
 	line = next_line(buf, &pos);
 
@@ -371,62 +379,62 @@ static bool parse_head(struct sonde_http_conn *conn)
 	} else if (!strcmp(version, "HTTP/1.0")) {
 		http10 = true;
 	} else if (!strncmp(version, "HTTP/", 5) && version[5] >= '0' && version[5] <= '9') {
-		fail_request(conn, 505, "only HTTP/1.0 and HTTP/1.1 are supported", NULL);
-		return false;
+		refuse(h, 505, "only HTTP/1.0 and HTTP/1.1 are supported");
+		return;
 	} else {
 		goto bad_line;
 	}
 
 	if (strcmp(method, "GET") && strcmp(method, "HEAD")) {
-		fail_request(conn, 405, "only GET and HEAD are allowed", "Allow: GET, HEAD\r\n");
-		return false;
+		refuse(h, 405, "only GET and HEAD are allowed");
+		return;
 	}
 	if (target[0] != '/') {
-		fail_request(conn, 400, "the request target must be a path", NULL);
-		return false;
+		refuse(h, 400, "the request target must be a path");
+		return;
 	}
 
-	while (pos < conn->head_end) {
-		char *name, *value, *colon, *end;
+	while (pos < end) {
+		char *name, *value, *colon, *vend;
 
 		line = next_line(buf, &pos);
 		if (!*line)
 			break;
 		colon = strchr(line, ':');
 		if (!colon || colon == line) {
-			fail_request(conn, 400, "malformed header line", NULL);
-			return false;
+			refuse(h, 400, "malformed header line");
+			return;
 		}
 		*colon = '\0';
 		name = line;
 		for (sp = name; *sp; sp++) {
 			if (!is_tchar(*sp)) {
-				fail_request(conn, 400, "malformed header line", NULL);
-				return false;
+				refuse(h, 400, "malformed header line");
+				return;
 			}
 		}
 		value = colon + 1;
 		while (*value == ' ' || *value == '\t')
 			value++;
-		end = value + strlen(value);
-		while (end > value && (end[-1] == ' ' || end[-1] == '\t'))
-			*--end = '\0';
+		vend = value + strlen(value);
+		while (vend > value && (vend[-1] == ' ' || vend[-1] == '\t'))
+			*--vend = '\0';
 
 		if (!strcasecmp(name, "Connection")) {
 			close |= has_token(value, "close");
 			keep_alive |= has_token(value, "keep-alive");
 		} else if (!strcasecmp(name, "Content-Length")) {
 			if (!*value || strspn(value, "0123456789") != strlen(value)) {
-				fail_request(conn, 400, "malformed Content-Length", NULL);
-				return false;
+				refuse(h, 400, "malformed Content-Length");
+				return;
 			}
 			if (strspn(value, "0") != strlen(value)) {
-				fail_request(conn, 413, "request bodies are not accepted", NULL);
-				return false;
+				refuse(h, 413, "request bodies are not accepted");
+				return;
 			}
 		} else if (!strcasecmp(name, "Transfer-Encoding")) {
-			fail_request(conn, 413, "request bodies are not accepted", NULL);
-			return false;
+			refuse(h, 413, "request bodies are not accepted");
+			return;
 		}
 	}
 
@@ -437,49 +445,78 @@ static bool parse_head(struct sonde_http_conn *conn)
 		query = target + strlen(target); /* "" */
 	n = percent_decode(target, strlen(target), target, false);
 	if (n < 0) {
-		fail_request(conn, 400, "malformed escape in path", NULL);
-		return false;
+		refuse(h, 400, "malformed escape in path");
+		return;
 	}
 	target[n] = '\0';
 
-	conn->head = !strcmp(method, "HEAD");
-	conn->keep_alive = http10 ? keep_alive && !close : !close;
-	conn->req.method = conn->head ? "HEAD" : "GET";
-	conn->req.path = target;
-	conn->req.query = query;
-	return true;
+	h->keep_alive = http10 ? keep_alive && !close : !close;
+	h->req.method = !strcmp(method, "HEAD") ? "HEAD" : "GET";
+	h->req.path = target;
+	h->req.query = query;
+	return;
 
 bad_line:
-	fail_request(conn, 400, "malformed request line", NULL);
-	return false;
+	refuse(h, 400, "malformed request line");
 }
 
 /*
- * Looks for the blank line that ends the head, resuming where the last
- * search stopped. Leading empty lines are skipped, as RFC 9112 asks.
+ * Looks for the blank line that ends the head in in[0..in_len), resuming at
+ * *scan where the last search stopped. Leading empty lines are skipped, as
+ * RFC 9112 asks, by moving *head_start past them; *head_end is set when the
+ * head is complete.
  */
-static bool find_head_end(struct sonde_http_conn *conn)
+static bool find_head_end(const char *in, size_t in_len, size_t *head_start, size_t *scan,
+			  size_t *head_end)
 {
-	char *nl;
+	const char *nl;
 
-	while (conn->scan < conn->in_len &&
-	       (nl = memchr(conn->in + conn->scan, '\n', conn->in_len - conn->scan))) {
-		size_t line_len = (size_t)(nl - (conn->in + conn->scan));
-		size_t next = conn->scan + line_len + 1;
+	while (*scan < in_len && (nl = memchr(in + *scan, '\n', in_len - *scan))) {
+		size_t line_len = (size_t)(nl - (in + *scan));
+		size_t next = *scan + line_len + 1;
 
-		if (line_len && conn->in[conn->scan + line_len - 1] == '\r')
+		if (line_len && in[*scan + line_len - 1] == '\r')
 			line_len--;
 		if (line_len == 0) {
-			if (conn->scan == conn->head_start) {
-				conn->head_start = next;
+			if (*scan == *head_start) {
+				*head_start = next;
 			} else {
-				conn->head_end = next;
+				*head_end = next;
 				return true;
 			}
 		}
-		conn->scan = next;
+		*scan = next;
 	}
 	return false;
+}
+
+/* Parses conn's complete head: fills conn->req, or queues the error answer. */
+static bool accept_head(struct sonde_http_conn *conn)
+{
+	struct sonde_http_head h = { 0 };
+
+	parse_head(conn->in, conn->head_start, conn->head_end, &h);
+	if (h.status) {
+		fail_request(conn, h.status, h.error,
+			     h.status == 405 ? "Allow: GET, HEAD\r\n" : NULL);
+		return false;
+	}
+	conn->head = !strcmp(h.req.method, "HEAD");
+	conn->keep_alive = h.keep_alive;
+	conn->req = h.req;
+	return true;
+}
+
+int sonde_http_parse_head(char *buf, size_t len, struct sonde_http_head *head)
+{
+	size_t start = 0, scan = 0, end = 0;
+
+	memset(head, 0, sizeof(*head));
+	if (!find_head_end(buf, len, &start, &scan, &end))
+		return -EAGAIN;
+	parse_head(buf, start, end, head);
+	head->len = end;
+	return 0;
 }
 
 /* Drops the answered request from in[], keeping pipelined bytes. */
@@ -532,7 +569,8 @@ static void conn_run(struct sonde_http_conn *conn)
 	for (;;) {
 		switch (conn->state) {
 		case CONN_READING:
-			if (!find_head_end(conn)) {
+			if (!find_head_end(conn->in, conn->in_len, &conn->head_start, &conn->scan,
+					   &conn->head_end)) {
 				if (conn->in_len == sizeof(conn->in)) {
 					fail_request(conn, 431, "request head too large", NULL);
 					break;
@@ -540,7 +578,7 @@ static void conn_run(struct sonde_http_conn *conn)
 				set_events(conn, EPOLLIN | EPOLLRDHUP);
 				return;
 			}
-			if (!parse_head(conn))
+			if (!accept_head(conn))
 				break;
 			conn->state = CONN_WAITING;
 			conn->in_handler = true;
@@ -722,7 +760,7 @@ static void on_sweep(void *ctx)
 		next = conn->next;
 		if (conn->state == CONN_LINGER ? age > LINGER_NS :
 		    (conn->state == CONN_READING || conn->state == CONN_WRITING) &&
-			    age > IDLE_TIMEOUT_NS)
+			    age > http->idle_ns)
 			conn_destroy(conn);
 	}
 	pause_accept(http, false);
@@ -877,6 +915,7 @@ struct sonde_http *sonde_http__new(struct sonde_loop *loop, const char *addr,
 	http->loop = loop;
 	http->handler = handler;
 	http->ctx = ctx;
+	http->idle_ns = IDLE_TIMEOUT_NS;
 	http->fd = open_listener(addr);
 	if (http->fd < 0) {
 		err = http->fd;
@@ -921,6 +960,24 @@ void sonde_http__free(struct sonde_http *http)
 const char *sonde_http__addr(const struct sonde_http *http)
 {
 	return http->addr;
+}
+
+int sonde_http__set_idle_timeout(struct sonde_http *http, unsigned int ms)
+{
+	struct sonde_loop_timer *sweep;
+	uint64_t interval;
+
+	if (ms < IDLE_MIN_MS)
+		return -EINVAL;
+	/* Sweeping at a quarter of the timeout closes within 1.25 times it. */
+	interval = ms / 4 < SWEEP_INTERVAL_MS ? ms / 4 : SWEEP_INTERVAL_MS;
+	sweep = sonde_loop__add_timer(http->loop, interval, interval, on_sweep, http);
+	if (!sweep)
+		return -errno;
+	sonde_loop__cancel_timer(http->loop, http->sweep);
+	http->sweep = sweep;
+	http->idle_ns = (uint64_t)ms * 1000000ULL;
+	return 0;
 }
 
 int sonde_http_conn__respond(struct sonde_http_conn *conn, int status, const char *content_type,

@@ -8,13 +8,16 @@
  * reported through the on_close callback given with the deferral.
  *
  * Limits: request head 8 KiB (431 beyond), 64 connections (the oldest idle
- * one is closed beyond), idle connections closed after 60 s.
+ * one is closed beyond), idle connections closed after 60 s: one that sends
+ * nothing (or only part of a head), or does not read its answer, for that
+ * long is closed without an answer.
  *
  * Threading: loop thread only. Errors: NULL/errno, 0/-errno.
  */
 #ifndef SONDE_HTTP_H
 #define SONDE_HTTP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -51,6 +54,14 @@ struct sonde_http *sonde_http__new(struct sonde_loop *loop, const char *addr,
 void sonde_http__free(struct sonde_http *http);
 /* The bound address, "127.0.0.1:7470" (useful with port 0). */
 const char *sonde_http__addr(const struct sonde_http *http);
+/*
+ * Replaces the 60 s idle timeout: a connection with no byte read or written
+ * for ms milliseconds while it reads a request or writes an answer is
+ * closed (a deferred answer has no timeout). Connections are checked every
+ * min(ms / 4, 1000) ms, so one is closed between ms and 1.25 * ms idle.
+ * 0, -EINVAL below 100 ms, or -errno (the old timeout stays).
+ */
+int sonde_http__set_idle_timeout(struct sonde_http *http, unsigned int ms);
 
 /*
  * Answers the request on conn. content_type may be NULL (then
@@ -74,5 +85,27 @@ void sonde_http_conn__defer(struct sonde_http_conn *conn, void (*on_close)(void 
  * -EINVAL on a malformed escape.
  */
 int sonde_http_query_get(const char *query, const char *key, char *buf, size_t size);
+
+/* What sonde_http_parse_head() made of one request head. */
+struct sonde_http_head {
+	/* status 0: the request; its strings point into the parsed buffer. */
+	struct sonde_http_request req;
+	bool keep_alive; /* status 0: the connection stays open after the answer */
+	/* Else the status the server refuses it with (400, 405, 413, 505)... */
+	int status;
+	const char *error; /* ...and the one-line message of that answer (static) */
+	size_t len;	   /* bytes of the head, leading empty lines included */
+};
+
+/*
+ * The server's request-head parser on a plain buffer, for the fuzzer and
+ * tests: each connection runs this same code. Finds the first complete head
+ * in buf[0..len) (leading empty lines skipped; lines end in LF or CRLF, a
+ * blank line ends the head) and parses it in place, writing into buf.
+ * buf need not be NUL-terminated; nothing at or past buf[len] is read.
+ * 0 with *head filled, or -EAGAIN when buf holds no complete head yet (the
+ * server then waits for more, and answers 431 when 8 KiB hold none).
+ */
+int sonde_http_parse_head(char *buf, size_t len, struct sonde_http_head *head);
 
 #endif /* SONDE_HTTP_H */

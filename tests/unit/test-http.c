@@ -32,6 +32,8 @@
  */
 
 #define BIG_LEN (5 * 1024 * 1024)
+/* The idle timeout of the idle tests: twice the shortest the API takes. */
+#define IDLE_MS 200
 
 struct server {
 	struct sonde_loop *loop;
@@ -127,7 +129,8 @@ static int port_of(const char *addr)
 	return colon ? atoi(colon + 1) : -1;
 }
 
-static int setup(void **state)
+/* idle_ms 0 keeps the server's default idle timeout. */
+static int start_server(void **state, unsigned int idle_ms)
 {
 	struct server *s = calloc(1, sizeof(*s));
 	size_t i;
@@ -143,11 +146,25 @@ static int setup(void **state)
 	s->http = sonde_http__new(s->loop, "127.0.0.1:0", handler, s);
 	assert_non_null(s->http);
 	s->port = port_of(sonde_http__addr(s->http));
+	if (idle_ms) {
+		assert_int_equal(sonde_http__set_idle_timeout(s->http, 99), -EINVAL);
+		assert_int_equal(sonde_http__set_idle_timeout(s->http, idle_ms), 0);
+	}
 	assert_int_equal(pipe2(s->stop_pipe, O_CLOEXEC), 0);
 	assert_int_equal(sonde_loop__add_fd(s->loop, s->stop_pipe[0], EPOLLIN, on_stop, s), 0);
 	assert_int_equal(pthread_create(&s->thread, NULL, loop_thread, s), 0);
 	*state = s;
 	return 0;
+}
+
+static int setup(void **state)
+{
+	return start_server(state, 0);
+}
+
+static int setup_idle(void **state)
+{
+	return start_server(state, IDLE_MS);
 }
 
 /* Stops the loop thread; afterwards the test thread owns the loop. */
@@ -690,6 +707,68 @@ static void test_connection_limit_evicts_oldest_idle(void **state)
 		client_close(&c[i]);
 }
 
+static void test_idle_partial_head_closed(void **state)
+{
+	struct server *s = *state;
+	struct client kept, slow, fresh;
+	struct response r;
+	uint64_t t0, ms;
+
+	/* A kept-alive connection that got its answer and went quiet... */
+	client_open(&kept, s->port);
+	client_send(&kept, "GET /hello HTTP/1.1\r\n\r\n");
+	read_response(&kept, false, &r);
+	assert_string_equal(r.raw, hello_200);
+	free(r.raw);
+
+	/* ...and one that stalls halfway through its head. */
+	client_open(&slow, s->port);
+	t0 = sonde_now_ns();
+	client_send(&slow, "GET /hello HTTP/1.1\r\nHost: x\r\n");
+	/* EOF, not the 3 s receive timeout (which fails the test in client_fill). */
+	assert_false(client_fill(&slow));
+	ms = (sonde_now_ns() - t0) / 1000000;
+	assert_int_equal(slow.len, 0); /* closed without an answer */
+	if (ms < IDLE_MS || ms > 4 * IDLE_MS)
+		fail_msg("closed after %llu ms, want %d ms to 1.25 times that (plus slack)",
+			 (unsigned long long)ms, IDLE_MS);
+	/* The quiet one had been idle longer: closed by then too. */
+	expect_eof(&kept);
+	assert_int_equal(atomic_load(&s->requests), 1);
+	client_close(&slow);
+	client_close(&kept);
+
+	/* The listener itself is not idle: a new connection is served. */
+	client_open(&fresh, s->port);
+	client_send(&fresh, "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n");
+	read_response(&fresh, false, &r);
+	assert_string_equal(r.raw, hello_200);
+	free(r.raw);
+	assert_int_equal(atomic_load(&s->requests), 2);
+	client_close(&fresh);
+}
+
+static void test_idle_spares_deferred(void **state)
+{
+	struct server *s = *state;
+	struct timespec ts = { .tv_nsec = 3 * IDLE_MS * 1000000L };
+	struct timeval tv = { .tv_usec = 100 * 1000 };
+	struct client c;
+	char byte;
+
+	/* A profile may take minutes: its connection must outlive the timeout. */
+	client_open(&c, s->port);
+	client_send(&c, "GET /hang HTTP/1.1\r\n\r\n");
+	assert_true(wait_for(&s->requests, 1, 2000));
+	nanosleep(&ts, NULL);
+	assert_int_equal(atomic_load(&s->on_close_calls), 0);
+	setsockopt(c.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	assert_int_equal(recv(c.fd, &byte, 1, 0), -1);
+	assert_true(errno == EAGAIN || errno == EWOULDBLOCK);
+	client_close(&c);
+	assert_true(wait_for(&s->on_close_calls, 1, 2000));
+}
+
 static void test_curl_client(void **state)
 {
 	struct server *s = *state;
@@ -745,6 +824,35 @@ static void test_query_get(void **state)
 	/* A bad escape in another key does not matter. */
 	assert_int_equal(sonde_http_query_get("w=%zz&v=ok", "v", buf, sizeof(buf)), 1);
 	assert_string_equal(buf, "ok");
+}
+
+/* The parser on a buffer says what the server does on a connection. */
+static void test_parse_head(void **state)
+{
+	char ok[] = "\r\nHEAD /a%20b?x=1+2 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /next";
+	char part[] = "GET /hello HTTP/1.1\r\nHost: x\r\n";
+	char post[] = "POST / HTTP/1.1\n\n";
+	char nul[] = "GET /x HTTP/1.1\r\nX: a\0b\r\n\r\n";
+	struct sonde_http_head h;
+
+	(void)state;
+	assert_int_equal(sonde_http_parse_head(ok, sizeof(ok) - 1, &h), 0);
+	assert_int_equal(h.status, 0);
+	assert_int_equal(h.len, sizeof(ok) - 1 - strlen("GET /next"));
+	assert_string_equal(h.req.method, "HEAD");
+	assert_string_equal(h.req.path, "/a b");
+	assert_string_equal(h.req.query, "x=1+2");
+	assert_true(h.keep_alive);
+	assert_null(h.error);
+
+	assert_int_equal(sonde_http_parse_head(part, sizeof(part) - 1, &h), -EAGAIN);
+	assert_int_equal(sonde_http_parse_head(post, sizeof(post) - 1, &h), 0);
+	assert_int_equal(h.status, 405);
+	assert_string_equal(h.error, "only GET and HEAD are allowed");
+	assert_null(h.req.path);
+	assert_int_equal(sonde_http_parse_head(nul, sizeof(nul) - 1, &h), 0);
+	assert_int_equal(h.status, 400);
+	assert_string_equal(h.error, "NUL byte in request head");
 }
 
 static void test_addresses(void **state)
@@ -804,6 +912,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_query_get),
 		cmocka_unit_test(test_addresses),
+		cmocka_unit_test(test_parse_head),
 		cmocka_unit_test_setup_teardown(test_get_exact, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_head_has_no_body, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_handler_error_404, setup, teardown),
@@ -822,6 +931,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_connection_limit_evicts_oldest_idle, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_curl_client, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_partial_head_closed, setup_idle,
+						teardown),
+		cmocka_unit_test_setup_teardown(test_idle_spares_deferred, setup_idle, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
