@@ -49,10 +49,12 @@ struct red_conn {
 	__u16 req_len;
 	__u8 state; /* enum red_conn_state */
 	__u8 chunked;
-	__u32 svc; /* the watched process whose service this is (a forked child's parent) */
-	__u32 daddr; /* client side: the server's IPv4 address */
-	__u8 client; /* the watched process connected (it sends the requests) */
-	__u8 pad[3];
+	__u32 svc;	/* the watched process whose service this is (a forked child's parent) */
+	__u8 client;	/* the watched process connected (it sends the requests) */
+	__u8 family;	/* client side: enum red_family of daddr */
+	__u8 q_head;	/* pipelined heads waiting: slots q_head.. of pipeq, */
+	__u8 q_len;	/* q_len of them (<= RED_PIPE) */
+	__u8 daddr[16]; /* client side: the server's address */
 	__u8 req[RED_REQ_HEAD];
 };
 
@@ -80,11 +82,48 @@ struct {
 	__type(value, struct child);
 } forked SEC(".maps");
 
+/* A pipelined request head waiting behind the one in flight (red_conn.q_*),
+ * apart from the connection so that connections that never pipeline (all
+ * but a few) do not carry room for RED_PIPE heads. gen keeps a reused fd's
+ * connection from finding its predecessor's heads. */
+struct pipe_key {
+	__u32 tgid;
+	__u32 fd;
+	__u32 gen;
+	__u32 slot;
+};
+
+struct pipe_head {
+	__u64 start; /* ktime of the read that returned it */
+	__u32 len;
+	__u32 pad;
+	__u8 req[RED_REQ_HEAD];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct pipe_key);
+	__type(value, struct pipe_head);
+} pipeq SEC(".maps");
+
+/* A pipe_head being built (too big for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pipe_head);
+} pipe_scratch SEC(".maps");
+
 enum io_op {
-	IO_RX = 1,   /* read, recvfrom: buf is the data */
+	IO_RX = 1,   /* read: buf is the data */
 	IO_TX = 2,   /* write, sendto: buf is the data */
 	IO_TXV = 3,  /* writev: buf is the iovec array */
 	IO_FILE = 4, /* sendfile: no user buffer */
+	IO_RXF = 5,  /* recvfrom: buf is the data, flags the fourth argument */
+	IO_RXV = 6,  /* readv: buf is the iovec array */
+	IO_RXM = 7,  /* recvmsg: buf is a struct user_msghdr, flags the third argument */
+	IO_TXM = 8,  /* sendmsg: buf is a struct user_msghdr */
 };
 
 /* A response head being searched (too big for the BPF stack); the slack
@@ -93,12 +132,14 @@ struct resp_buf {
 	__u8 b[RED_RESP_SCAN + 32];
 };
 
+/* Also where adopt() builds a connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct resp_buf);
 } scratch SEC(".maps");
+_Static_assert(sizeof(struct red_conn) <= sizeof(struct resp_buf), "adopt() builds one in scratch");
 
 /* enum red_stat counters. */
 struct {
@@ -164,12 +205,67 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 	ev->resp_head_len = c->resp_head_len;
 	ev->chunked = c->chunked;
 	ev->client = c->client;
-	ev->pad[0] = ev->pad[1] = 0;
+	ev->family = c->family;
+	ev->pad = 0;
 	ev->resp_clen = c->resp_clen;
-	ev->server_addr = c->daddr;
-	ev->pad2 = 0;
+	__builtin_memcpy(ev->server_addr, c->daddr, sizeof(ev->server_addr));
 	__builtin_memcpy(ev + 1, c->req, RED_REQ_HEAD);
 	bpf_ringbuf_submit(ev, flags);
+}
+
+/* An exchange starts: the head in c->req was read (server) or written
+ * (client) at t. */
+static __always_inline void begin(struct red_conn *c, __u64 t)
+{
+	c->start = c->last = t;
+	c->state = RED_CONN_IN_REQ;
+	c->status = 0;
+	c->resp_bytes = 0;
+	c->resp_head_len = 0;
+	c->resp_clen = -1;
+	c->resp_expect = -1;
+	c->chunked = 0;
+}
+
+/* The exchange in flight on c is over: the oldest pipelined head, if any,
+ * becomes the one in flight. */
+static __always_inline void pop(struct red_conn *c, const struct conn_key *key)
+{
+	struct pipe_key pk = {.tgid = key->tgid, .fd = key->fd, .gen = (__u32)c->gen};
+	struct pipe_head *ph;
+
+	c->state = RED_CONN_IDLE;
+	if (!c->q_len)
+		return;
+	pk.slot = c->q_head & (RED_PIPE - 1);
+	c->q_head++;
+	c->q_len--;
+	ph = bpf_map_lookup_elem(&pipeq, &pk);
+	if (!ph) {
+		/* evicted: the rest would pair with the wrong responses */
+		c->q_len = 0;
+		return;
+	}
+	__builtin_memcpy(c->req, ph->req, RED_REQ_HEAD);
+	c->req_len = ph->len < RED_REQ_HEAD ? ph->len : RED_REQ_HEAD;
+	begin(c, ph->start);
+	bpf_map_delete_elem(&pipeq, &pk);
+}
+
+/* The connection ends: what is in flight, then every pipelined head. */
+static __always_inline void flush(struct red_conn *c, const struct conn_key *key)
+{
+	int i;
+
+	if (c->state == RED_CONN_IN_REQ)
+		emit(c, key, RED_END_ABORT);
+	else if (c->state == RED_CONN_IN_RESP)
+		emit(c, key, RED_END_CLOSE);
+	for (i = 0; i < RED_PIPE && c->q_len; i++) {
+		pop(c, key);
+		if (c->state == RED_CONN_IN_REQ)
+			emit(c, key, RED_END_ABORT);
+	}
 }
 
 #define RED_S_IFMT   00170000
@@ -252,10 +348,7 @@ int BPF_PROG(red_exit, struct task_struct *task)
 	key.fd = (__u32)ch->conn_fd;
 	c = ch->conn_fd >= 0 ? bpf_map_lookup_elem(&conns, &key) : NULL;
 	if (c) {
-		if (c->state == RED_CONN_IN_REQ)
-			emit(c, &key, RED_END_ABORT);
-		else if (c->state == RED_CONN_IN_RESP)
-			emit(c, &key, RED_END_CLOSE);
+		flush(c, &key);
 		bpf_map_delete_elem(&conns, &key);
 	}
 	bpf_map_delete_elem(&forked, &tgid);
@@ -297,7 +390,7 @@ int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
 #define RED_EINPROGRESS 115
 
 /* A watched process connected (or started to): the client side of what
- * goes over fd. IPv4 and v4-mapped IPv6 only. */
+ * goes over fd. A v4-mapped IPv6 peer is kept as the IPv4 address it is. */
 SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
@@ -307,6 +400,7 @@ int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	struct fdtable *fdt;
 	struct red_conn c = {};
 	struct socket *sock;
+	__u32 v4, v6[4];
 	struct sock *sk;
 	__u16 family;
 
@@ -326,14 +420,22 @@ int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family == RED_AF_INET)
-		c.daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-	else if (family == RED_AF_INET6 &&
-		 BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[2]) ==
-			 bpf_htonl(0xffff))
-		c.daddr = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[3]);
-	else
+	if (family == RED_AF_INET) {
+		v4 = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(c.daddr, &v4, sizeof(v4));
+		c.family = RED_FAMILY_INET;
+	} else if (family == RED_AF_INET6) {
+		BPF_CORE_READ_INTO(&v6, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32);
+		if (!v6[0] && !v6[1] && v6[2] == bpf_htonl(0xffff)) {
+			__builtin_memcpy(c.daddr, &v6[3], sizeof(v6[3]));
+			c.family = RED_FAMILY_INET;
+		} else {
+			__builtin_memcpy(c.daddr, v6, sizeof(v6));
+			c.family = RED_FAMILY_INET6;
+		}
+	} else {
 		return 0;
+	}
 	c.lport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	c.gen = bpf_ktime_get_ns();
 	c.state = RED_CONN_IDLE;
@@ -438,8 +540,10 @@ static __always_inline int is_head_req(const struct red_conn *c)
 
 /* The write at data (avail bytes of the first buffer, ret in all) while a
  * request waits: frame its response head. 0 when it is not one, was
- * interim (1xx but 101) or could not be read. */
-static __always_inline int start_response(struct red_conn *c, __u64 data, __u64 avail, long ret)
+ * interim (1xx but 101) or could not be read. A global function: verified
+ * once, though called for the first response of a write and for those of
+ * pipelined requests written after it. */
+__noinline int start_response(struct red_conn *c, __u64 data, __u64 avail, __u64 ret)
 {
 	struct scan s = {};
 	struct resp_buf *rb;
@@ -447,6 +551,8 @@ static __always_inline int start_response(struct red_conn *c, __u64 data, __u64 
 	__s64 body, clen = 0;
 	__u16 status;
 
+	if (!c)
+		return 0;
 	rb = bpf_map_lookup_elem(&scratch, &zero);
 	if (!rb)
 		return 0;
@@ -509,20 +615,29 @@ static __always_inline int chunked_end(__u64 data, long ret)
 static __always_inline struct red_conn *adopt(const struct conn_key *key, __u64 data,
 					      __u64 avail)
 {
-	struct red_conn c = {};
 	struct child *ch;
+	struct resp_buf *rb;
+	struct red_conn *c;
 	__u8 p[16] = {};
+	__u32 zero = 0;
 
 	if (bpf_probe_read_user(p, avail < 16 ? avail : 16, (const void *)data) || !is_request(p))
 		return NULL;
-	c.lport = local_port(key->fd);
-	if (!c.lport)
+	/* the new entry is built in the scratch buffer: the stack of the I/O
+	 * hooks has no room for one */
+	rb = bpf_map_lookup_elem(&scratch, &zero);
+	if (!rb)
 		return NULL;
-	c.gen = bpf_ktime_get_ns();
-	c.state = RED_CONN_IDLE;
+	c = (struct red_conn *)rb->b;
+	__builtin_memset(c, 0, __builtin_offsetof(struct red_conn, req));
+	c->lport = local_port(key->fd);
+	if (!c->lport)
+		return NULL;
+	c->gen = bpf_ktime_get_ns();
+	c->state = RED_CONN_IDLE;
 	ch = bpf_map_lookup_elem(&forked, &key->tgid);
-	c.svc = ch ? ch->svc : key->tgid;
-	if (bpf_map_update_elem(&conns, key, &c, BPF_NOEXIST))
+	c->svc = ch ? ch->svc : key->tgid;
+	if (bpf_map_update_elem(&conns, key, c, BPF_NOEXIST))
 		return NULL;
 	if (ch)
 		ch->conn_fd = (__s32)key->fd;
@@ -549,6 +664,151 @@ static __always_inline struct red_conn *child_conn(struct conn_key *key)
 	return c;
 }
 
+/* The first RED_REQ_HEAD bytes of a request head, as global functions take them. */
+struct req_bytes {
+	__u8 b[RED_REQ_HEAD];
+};
+
+/* Where the head in h (its first n bytes) ends: the offset after its
+ * blank line, 0 when that is not within n. 8 bytes at a time, as
+ * scan_head; global, so verified once. */
+__noinline int head_end(const struct req_bytes *h, __u32 n)
+{
+	__u32 w, k, i;
+	__u64 x, y;
+
+	if (!h)
+		return 0;
+	for (w = 0; w < RED_REQ_HEAD / 8; w++) {
+		if (w * 8 >= n)
+			return 0;
+		x = *(const __u64 *)(h->b + w * 8);
+		y = x ^ (ONES * '\n');
+		if (!((y - ONES) & ~y & HIGHS))
+			continue;
+		for (k = 0; k < 8; k++) {
+			i = w * 8 + k;
+			if (((x >> (8 * k)) & 0xff) != '\n' || i >= n || i < 3)
+				continue;
+			if (h->b[i - 1] == '\n' ||
+			    (h->b[i - 1] == '\r' && h->b[i - 2] == '\n' && h->b[i - 3] == '\r'))
+				return (int)i + 1;
+		}
+	}
+	return 0;
+}
+
+/* Whether h (n bytes) starts with a whole request line ending in
+ * " HTTP/1.x": asked of a head that is to wait in the pipeline queue, as
+ * a body can start like a method token. */
+__noinline int request_line_ok(const struct req_bytes *h, __u32 n)
+{
+	__u32 i, e;
+
+	if (!h)
+		return 0;
+	for (i = 10; i < RED_REQ_HEAD; i++) {
+		if (i >= n)
+			return 0;
+		if (h->b[i] != '\n')
+			continue;
+		e = i;
+		if (h->b[i - 1] == '\r')
+			e = i - 1;
+		return h->b[e - 9] == ' ' && h->b[e - 8] == 'H' && h->b[e - 7] == 'T' &&
+		       h->b[e - 6] == 'T' && h->b[e - 5] == 'P' && h->b[e - 4] == '/' &&
+		       h->b[e - 3] == '1' && h->b[e - 2] == '.';
+	}
+	return 0;
+}
+
+/* Queues the request head at data (avail bytes there) behind the one in
+ * flight: a pipelined request. A full queue pushes the oldest out
+ * (RED_END_UNPAIRED). The copy kept (per-CPU scratch), or NULL. */
+static __always_inline struct pipe_head *enqueue(struct red_conn *c, const struct conn_key *key,
+						 __u64 data, __u64 avail, __u64 now)
+{
+	struct pipe_key pk = {.tgid = key->tgid, .fd = key->fd, .gen = (__u32)c->gen};
+	__u32 zero = 0, len = avail < RED_REQ_HEAD ? (__u32)avail : RED_REQ_HEAD;
+	struct pipe_head *ph;
+
+	ph = bpf_map_lookup_elem(&pipe_scratch, &zero);
+	if (!ph)
+		return NULL;
+	if (bpf_probe_read_user(ph->req, len, (const void *)data)) {
+		stat_inc(RED_STAT_READ_FAULT);
+		return NULL;
+	}
+	if (!request_line_ok((const struct req_bytes *)ph->req, len))
+		return NULL;
+	if (c->q_len >= RED_PIPE) {
+		emit(c, key, RED_END_UNPAIRED);
+		pop(c, key);
+	}
+	ph->start = now;
+	ph->len = len;
+	pk.slot = (c->q_head + c->q_len) & (RED_PIPE - 1);
+	if (bpf_map_update_elem(&pipeq, &pk, ph, BPF_ANY))
+		return NULL;
+	c->q_len++;
+	return ph;
+}
+
+/* Request heads after the one kept in h (n bytes) in the same read (data,
+ * avail bytes in its first buffer): pipelined, they wait their turn. Heads
+ * without a body only (a body's length is not looked at here), RED_PIPE
+ * per read at most. */
+static __always_inline void more_heads(struct red_conn *c, const struct conn_key *key,
+				       const struct req_bytes *h, __u32 n, __u64 data, __u64 avail,
+				       __u64 now)
+{
+	struct pipe_head *ph;
+	__u64 off = 0;
+	__u8 p[16];
+	int i, e;
+
+	for (i = 0; i < RED_PIPE; i++) {
+		e = head_end(h, n);
+		if (e <= 0)
+			return;
+		off += (__u32)e;
+		if (off + sizeof(p) > avail)
+			return; /* no room for another request line */
+		if (bpf_probe_read_user(p, sizeof(p), (const void *)(data + off)) || !is_request(p))
+			return;
+		ph = enqueue(c, key, data + off, avail - off, now);
+		if (!ph)
+			return;
+		h = (const struct req_bytes *)ph->req;
+		n = ph->len;
+	}
+}
+
+#define RED_MSG_PEEK 2
+
+/* The first buffer of a vectored call (readv, writev, recvmsg, sendmsg):
+ * *data becomes its base and *avail what of the bytes moved it holds.
+ * Nothing to do for the others. 0, or -1 when it cannot be read. */
+static __always_inline int first_buf(__u32 op, __u64 *data, __u64 *avail)
+{
+	struct iovec iov;
+	__u64 p = *data;
+
+	if (op == IO_RXM || op == IO_TXM) {
+		p += __builtin_offsetof(struct user_msghdr, msg_iov);
+		if (bpf_probe_read_user(&p, sizeof(p), (const void *)p))
+			return -1;
+	} else if (op != IO_TXV && op != IO_RXV) {
+		return 0;
+	}
+	if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)p))
+		return -1;
+	*data = (__u64)iov.iov_base;
+	if ((__u64)iov.iov_len < *avail)
+		*avail = iov.iov_len;
+	return 0;
+}
+
 /* Every hooked syscall has the fd first and, but sendfile, the buffer
  * second: the exit hook reads them from the registers the syscall entry
  * saved (untouched until the return to user space), so there is no enter
@@ -556,7 +816,10 @@ static __always_inline struct red_conn *child_conn(struct conn_key *key)
 static __always_inline int on_io_exit(long ret, __u32 op)
 {
 	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
-	__u64 data = 0, avail = ret;
+	__u64 data = 0, avail = ret, now, over;
+	const struct req_bytes *h;
+	int rx, have_data, i;
+	struct pipe_head *ph;
 	struct red_conn *c;
 	struct pt_regs *regs;
 	__u8 p[16] = {};
@@ -568,69 +831,91 @@ static __always_inline int on_io_exit(long ret, __u32 op)
 	key.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs);
 	if (op != IO_FILE)
 		data = PT_REGS_PARM2_CORE_SYSCALL(regs);
+	/* a peek leaves the bytes to the read that follows */
+	if ((op == IO_RXF && (PT_REGS_PARM4_CORE_SYSCALL(regs) & RED_MSG_PEEK)) ||
+	    (op == IO_RXM && (PT_REGS_PARM3_CORE_SYSCALL(regs) & RED_MSG_PEEK)))
+		return 0;
+	rx = op == IO_RX || op == IO_RXF || op == IO_RXV || op == IO_RXM;
+	/* data points at the bytes (the first avail of ret) */
+	have_data = op == IO_RX || op == IO_RXF || op == IO_TX;
 	c = bpf_map_lookup_elem(&conns, &key);
-	if (!c && op == IO_RX)
+	if (!c && rx) {
+		if (first_buf(op, &data, &avail))
+			return 0;
+		have_data = 1;
 		c = adopt(&key, data, avail);
-	else if (!c)
+	} else if (!c) {
 		c = child_conn(&key);
+	}
 	if (!c)
 		return 0;
-	if (op == IO_TXV) {
-		struct iovec iov;
-
-		if (c->state == RED_CONN_IDLE && !c->client)
-			return 0;
-		if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)data))
-			return 0;
-		data = (__u64)iov.iov_base;
-		if ((__u64)iov.iov_len < avail)
-			avail = iov.iov_len;
-	}
 	/* a server reads requests and writes responses, a client the reverse */
-	if (c->client ? op == IO_TX || op == IO_TXV : op == IO_RX) {
+	if (c->client ? !rx && op != IO_FILE : rx) {
+		if (!have_data && first_buf(op, &data, &avail))
+			return 0;
 		len = avail < RED_REQ_HEAD ? (__u32)avail : RED_REQ_HEAD;
+		now = bpf_ktime_get_ns();
 		if (c->state == RED_CONN_IDLE) {
 			/* nothing in flight to keep: one read, straight into place */
 			if (bpf_probe_read_user(c->req, len, (const void *)data) ||
 			    !is_request(c->req))
 				return 0;
+			c->req_len = len;
+			begin(c, now);
+			h = (const struct req_bytes *)c->req;
 		} else {
 			if (bpf_probe_read_user(p, avail < 16 ? avail : 16, (const void *)data) ||
 			    !is_request(p))
 				return 0; /* a body, or bytes of a head already seen */
-			emit(c, &key,
-			     c->state == RED_CONN_IN_RESP ? RED_END_NEXT : RED_END_UNPAIRED);
-			if (bpf_probe_read_user(c->req, len, (const void *)data)) {
-				stat_inc(RED_STAT_READ_FAULT);
-				len = 0;
+			if (c->state == RED_CONN_IN_RESP && !c->q_len) {
+				/* keep-alive after a response of unknown length */
+				emit(c, &key, RED_END_NEXT);
+				if (bpf_probe_read_user(c->req, len, (const void *)data)) {
+					stat_inc(RED_STAT_READ_FAULT);
+					len = 0;
+				}
+				c->req_len = len;
+				begin(c, now);
+				h = (const struct req_bytes *)c->req;
+			} else {
+				/* pipelined: before the response of the one in flight */
+				ph = enqueue(c, &key, data, avail, now);
+				if (!ph)
+					return 0;
+				h = (const struct req_bytes *)ph->req;
+				len = ph->len;
 			}
 		}
-		c->req_len = len;
-		c->start = c->last = bpf_ktime_get_ns();
-		c->state = RED_CONN_IN_REQ;
-		c->status = 0;
-		c->resp_bytes = 0;
-		c->resp_head_len = 0;
-		c->resp_clen = -1;
-		c->resp_expect = -1;
-		c->chunked = 0;
+		more_heads(c, &key, h, len, data, avail, now);
 		return 0;
 	}
-	if (c->client && op != IO_RX)
+	if ((c->client && op == IO_FILE) || c->state == RED_CONN_IDLE)
 		return 0;
-	if (c->state == RED_CONN_IN_REQ) {
-		if (op == IO_FILE || !start_response(c, data, avail, ret))
+	if (!have_data && (c->state == RED_CONN_IN_REQ || c->chunked)) {
+		if (first_buf(op, &data, &avail))
 			return 0;
-	} else if (c->state == RED_CONN_IN_RESP) {
-		c->resp_bytes += ret;
-	} else {
-		return 0;
+		have_data = op != IO_FILE;
 	}
-	c->last = bpf_ktime_get_ns();
-	if ((c->resp_expect >= 0 && c->resp_bytes >= (__u64)c->resp_expect) ||
-	    (c->chunked && (op == IO_TX || op == IO_RX) && chunked_end(data, ret))) {
+	if (c->state == RED_CONN_IN_REQ) {
+		if (!have_data || !start_response(c, data, avail, ret))
+			return 0;
+	} else {
+		c->resp_bytes += ret;
+	}
+	now = bpf_ktime_get_ns();
+	c->last = now;
+	/* the responses of pipelined requests can follow in the same write */
+	for (i = 0; i < RED_PIPE; i++) {
+		if (!(c->resp_expect >= 0 && c->resp_bytes >= (__u64)c->resp_expect) &&
+		    !(c->chunked && have_data && avail == (__u64)ret && chunked_end(data, ret)))
+			return 0;
+		over = c->resp_expect >= 0 ? c->resp_bytes - (__u64)c->resp_expect : 0;
 		emit(c, &key, RED_END_LENGTH);
-		c->state = RED_CONN_IDLE;
+		pop(c, &key);
+		if (!over || over > (__u64)ret || c->state != RED_CONN_IN_REQ || !have_data ||
+		    avail != (__u64)ret || !start_response(c, data + ret - over, over, over))
+			return 0;
+		c->last = now;
 	}
 	return 0;
 }
@@ -644,7 +929,19 @@ int sys_exit_read(struct trace_event_raw_sys_exit *ctx)
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int sys_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
 {
-	return on_io_exit(ctx->ret, IO_RX);
+	return on_io_exit(ctx->ret, IO_RXF);
+}
+
+SEC("tracepoint/syscalls/sys_exit_readv")
+int sys_exit_readv(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_io_exit(ctx->ret, IO_RXV);
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int sys_exit_recvmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_io_exit(ctx->ret, IO_RXM);
 }
 
 SEC("tracepoint/syscalls/sys_exit_write")
@@ -657,6 +954,12 @@ SEC("tracepoint/syscalls/sys_exit_sendto")
 int sys_exit_sendto(struct trace_event_raw_sys_exit *ctx)
 {
 	return on_io_exit(ctx->ret, IO_TX);
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int sys_exit_sendmsg(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_io_exit(ctx->ret, IO_TXM);
 }
 
 SEC("tracepoint/syscalls/sys_exit_writev")
@@ -684,10 +987,7 @@ int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	c = bpf_map_lookup_elem(&conns, &key);
 	if (!c)
 		return 0;
-	if (c->state == RED_CONN_IN_REQ)
-		emit(c, &key, RED_END_ABORT);
-	else if (c->state == RED_CONN_IN_RESP)
-		emit(c, &key, RED_END_CLOSE);
+	flush(c, &key);
 	bpf_map_delete_elem(&conns, &key);
 	return 0;
 }

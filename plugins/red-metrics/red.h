@@ -16,10 +16,16 @@
  * unknown, when the next request or the close ends it. Userspace parses the
  * request head, builds the route and aggregates.
  *
+ * Pipelining: request heads that follow one another in one read (or
+ * arrive before the response of the one in flight) wait in a queue of up
+ * to RED_PIPE heads per connection and are answered in order; each gets
+ * its own record. A head that finds the queue full ends the oldest one as
+ * RED_END_UNPAIRED.
+ *
  * The client side is the mirror image: connections a watched process
- * connected (IPv4), the request head is the write, the response the reads;
- * lport is then the server's port. Durations run from the exit of the
- * request's write to the exit of the read of the response's last byte.
+ * connected (IPv4 or IPv6), the request head is the write, the response the
+ * reads; lport is then the server's port. Durations run from the exit of
+ * the request's write to the exit of the read of the response's last byte.
  */
 #ifndef SONDE_RED_H
 #define SONDE_RED_H
@@ -31,6 +37,13 @@
 #define RED_REQ_HEAD  192 /* bytes of a request head kept and sent; a multiple of 8 */
 #define RED_TARGET_WORDS 65536 /* the targets bitmap: tgids below 64 * this (pid_max's max) */
 #define RED_RESP_SCAN 512 /* bytes of a response head searched for its framing; a power of 2 */
+#define RED_PIPE      4	  /* pipelined heads queued behind the one in flight; a power of 2 */
+
+/* struct red_event.family */
+enum red_family {
+	RED_FAMILY_INET = 4,
+	RED_FAMILY_INET6 = 6,
+};
 
 enum red_event_type {
 	RED_EV_EXCHANGE = 1, /* the only record type */
@@ -43,7 +56,7 @@ enum red_end {
 	RED_END_NEXT = 2,     /* the next request head, response length unknown */
 	RED_END_CLOSE = 3,    /* the close, response length unknown (or short) */
 	RED_END_ABORT = 4,    /* the close, before any response: no status */
-	RED_END_UNPAIRED = 5, /* another request head before any response */
+	RED_END_UNPAIRED = 5, /* pushed out of a full pipeline queue before any response */
 };
 
 /* Connection state in BPF (struct red_conn.state). */
@@ -76,12 +89,13 @@ struct red_event {
 	__u32 resp_head_len; /* the response head's length; 0 not within RED_RESP_SCAN */
 	__u8 chunked;	     /* the response was Transfer-Encoding: chunked */
 	__u8 client;	     /* 1: the watched process was the client (it connected) */
-	__u8 pad[2];
+	__u8 family;	     /* client side: RED_FAMILY_* of server_addr; 0 none */
+	__u8 pad;
 	__s64 resp_clen;     /* the response's Content-Length; -1 none */
-	__u32 server_addr;   /* client side: the server's IPv4 address, network order */
-	__u32 pad2;
+	__u8 server_addr[16]; /* client side: the server's address, network order (IPv4: the
+				 first 4 bytes; a v4-mapped IPv6 peer is given as IPv4) */
 			     /* followed by len bytes: the request head */
 };
-_Static_assert(sizeof(struct red_event) == 72, "red_event is part of the BPF ABI");
+_Static_assert(sizeof(struct red_event) == 80, "red_event is part of the BPF ABI");
 
 #endif /* SONDE_RED_H */

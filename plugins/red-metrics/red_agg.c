@@ -162,7 +162,7 @@ struct series {
 	const char *method; /* static */
 	int status;
 	int client;
-	char addr[16];
+	char addr[SONDE_RED_HOST_MAX]; /* server_address; "" none */
 	uint16_t port;
 	struct hists all; /* since the start, for /metrics */
 	struct hists win; /* since the last sonde_red_agg__window() */
@@ -171,8 +171,8 @@ struct series {
 /* One exchange, as the series needs it. */
 struct exchange {
 	uint32_t tgid;
-	int client;    /* the watched process was the client */
-	char addr[16]; /* client side: the server's address */
+	int client;		       /* the watched process was the client */
+	char addr[SONDE_RED_HOST_MAX]; /* server_address: Host, else the peer's; "" none */
 	uint16_t port;
 	int status;
 	const char *method;
@@ -191,7 +191,7 @@ struct sonde_red_agg {
 	struct map services;	 /* tgid -> char *name */
 	struct map routes;	 /* "name\0route" -> &route_present */
 	struct map route_counts; /* "name" -> struct service_routes */
-	struct map series;	 /* labels -> struct series */
+	struct map series;	 /* side and labels -> struct series */
 	struct series *first, **tail;
 };
 
@@ -310,7 +310,9 @@ static const char *cap_route(struct sonde_red_agg *agg, const char *service, con
 static struct series *get_series(struct sonde_red_agg *agg, const struct exchange *x)
 {
 	const char *service = map_get(&agg->services, &x->tgid, sizeof(x->tgid));
-	char labels[1024] = "", *p = labels, *end = labels + sizeof(labels);
+	/* the key is the side, then the label set: a client's series can carry
+	 * the same labels as a server's (server_address on both sides) */
+	char key[1 + 1024] = "", *labels = key + 1, *p = labels, *end = key + sizeof(key);
 	char status[16], port[16];
 	const char *route;
 	struct series *s;
@@ -326,14 +328,15 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct exchang
 	route = cap_route(agg, service, x->route);
 	put_label(&p, labels, end, "http_route", route);
 	put_label(&p, labels, end, "url_scheme", "http");
-	if (x->client)
+	if (x->addr[0])
 		put_label(&p, labels, end, "server_address", x->addr);
 	put_label(&p, labels, end, "server_port", port);
 	/* semconv: error.type is the status for 5xx (server), 4xx and 5xx (client) */
 	if (x->status >= (x->client ? 400 : 500))
 		put_label(&p, labels, end, "error_type", status);
-	len = (size_t)(p - labels);
-	s = map_get(&agg->series, labels, len);
+	key[0] = x->client ? 'c' : 's';
+	len = (size_t)(p - key);
+	s = map_get(&agg->series, key, len);
 	if (s)
 		return s;
 	s = calloc(1, sizeof(*s));
@@ -347,7 +350,7 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct exchang
 	s->client = x->client;
 	memcpy(s->addr, x->addr, sizeof(s->addr));
 	s->port = x->port;
-	if (!s->labels || !s->service || !s->route || map_put(&agg->series, labels, len, s)) {
+	if (!s->labels || !s->service || !s->route || map_put(&agg->series, key, len, s)) {
 		free_series(s);
 		return NULL;
 	}
@@ -412,8 +415,14 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	x.tgid = ev->tgid;
 	x.port = ev->lport;
 	x.client = ev->client;
-	if (x.client)
-		inet_ntop(AF_INET, &ev->server_addr, x.addr, sizeof(x.addr));
+	/* semconv: server.address is the host the request names; the client
+	 * side falls back to the address it connected to */
+	if (req.host[0])
+		memcpy(x.addr, req.host, sizeof(x.addr));
+	else if (x.client && ev->family == RED_FAMILY_INET)
+		inet_ntop(AF_INET, ev->server_addr, x.addr, sizeof(x.addr));
+	else if (x.client && ev->family == RED_FAMILY_INET6)
+		inet_ntop(AF_INET6, ev->server_addr, x.addr, sizeof(x.addr));
 	x.status = ev->status;
 	x.method = req.method;
 	if (req.line_complete && req.path[0])
@@ -626,7 +635,7 @@ static void mp_series(struct mp *m, const struct series *s)
 
 	int error = s->status >= (s->client ? 400 : 500);
 
-	mp_map(m, 14 + (size_t)error + (size_t)s->client);
+	mp_map(m, 14 + (size_t)error + (s->addr[0] != '\0'));
 	mp_str(m, "side");
 	mp_str(m, s->client ? "client" : "server");
 	mp_str(m, "service_name");
@@ -639,7 +648,7 @@ static void mp_series(struct mp *m, const struct series *s)
 	mp_str(m, s->route);
 	mp_str(m, "url_scheme");
 	mp_str(m, "http");
-	if (s->client) {
+	if (s->addr[0]) {
 		mp_str(m, "server_address");
 		mp_str(m, s->addr);
 	}

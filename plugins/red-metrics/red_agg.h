@@ -14,7 +14,9 @@
  * request whose connection closes before any response is counted as
  * aborted and gives no series: no status code is invented. Response body
  * size: Content-Length, else the bytes written after the head (for chunked
- * bodies, chunk framing included).
+ * bodies, chunk framing included). server_address: the host the request
+ * names (absolute target, else Host, without the port); on the client side
+ * the address it connected to when the request names none.
  *
  * Not thread-safe: one caller (the plugin, on the core's loop thread).
  */
@@ -37,8 +39,8 @@ struct sonde_red_agg_stats {
 	uint64_t forced_next;	 /* ended by the next request, length unknown */
 	uint64_t forced_close;	 /* ended by the close, length unknown or short */
 	uint64_t aborted;	 /* closed before any response: not counted */
-	uint64_t unpaired;	 /* a request head while the previous had no response:
-				    the previous is not counted */
+	uint64_t unpaired;	 /* pushed out of a full pipeline queue (RED_PIPE heads
+				    waiting) before any response: not counted */
 	uint64_t bad_heads;	 /* heads that did not parse */
 	uint64_t route_overflow; /* requests folded into http_route="_OTHER" */
 };

@@ -78,10 +78,55 @@ static bool is_chunked(const char *v, const char *end)
 	return end - v >= 7 && !strncasecmp(end - 7, "chunked", 7);
 }
 
-/* Walks the header lines from p: Content-Length, Transfer-Encoding, and
- * where the head ends. Lines cut by end are not looked at. */
+/*
+ * Copies the host of an authority (RFC 3986 3.2: "host[:port]", the host
+ * possibly an IPv6 literal in brackets) into out, lower case, without the
+ * port or brackets. A value with userinfo, an empty host or a byte outside
+ * what host names and addresses use gives "": a label is never minted from
+ * arbitrary bytes.
+ */
+static void copy_host(const char *v, const char *end, char *out, size_t outlen)
+{
+	const char *h, *hend;
+	size_t n, i;
+
+	out[0] = '\0';
+	while (v < end && (*v == ' ' || *v == '\t'))
+		v++;
+	while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	if (v < end && *v == '[') {
+		h = v + 1;
+		hend = memchr(h, ']', (size_t)(end - h));
+		if (!hend || (hend + 1 < end && hend[1] != ':'))
+			return;
+	} else {
+		h = v;
+		hend = memchr(h, ':', (size_t)(end - h));
+		if (!hend)
+			hend = end;
+	}
+	n = (size_t)(hend - h);
+	if (!n || n >= outlen)
+		return;
+	for (i = 0; i < n; i++) {
+		char c = h[i];
+
+		if (c >= 'A' && c <= 'Z')
+			c = (char)(c - 'A' + 'a');
+		else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+			   c == '-' || c == '_' || (c == ':' && *v == '[')))
+			break;
+		out[i] = c;
+	}
+	out[i == n ? n : 0] = '\0';
+}
+
+/* Walks the header lines from p: Content-Length, Transfer-Encoding, Host
+ * (when host is not NULL and still empty) and where the head ends. Lines
+ * cut by end are not looked at. */
 static void scan_headers(const char *start, const char *p, const char *end, int64_t *clen,
-			 int *chunked, size_t *head_len)
+			 int *chunked, size_t *head_len, char *host, size_t hostlen)
 {
 	const char *eol, *v;
 
@@ -104,6 +149,8 @@ static void scan_headers(const char *start, const char *p, const char *end, int6
 			*clen = parse_length(v, eol);
 		else if (header_is(p, eol, "transfer-encoding", &v))
 			*chunked = is_chunked(v, eol);
+		else if (host && !host[0] && header_is(p, eol, "host", &v))
+			copy_host(v, eol, host, hostlen);
 		p = next_line(eol, end);
 	}
 }
@@ -151,8 +198,12 @@ int sonde_red_parse_request(const void *buf, size_t len, struct sonde_red_reques
 			/* absolute form: skip scheme://authority */
 			q = memchr(t, ':', (size_t)(p - t));
 			if (q && p - q > 3 && q[1] == '/' && q[2] == '/') {
-				q = memchr(q + 3, '/', (size_t)(p - q - 3));
+				const char *auth = q + 3;
+
+				q = memchr(auth, '/', (size_t)(p - auth));
 				t = q ? q : p;
+				/* semconv: the absolute target's host comes before Host */
+				copy_host(auth, t, req->host, sizeof(req->host));
 			}
 		}
 		for (q = t; q < p && *q != '?' && *q != '#'; q++)
@@ -167,7 +218,7 @@ int sonde_red_parse_request(const void *buf, size_t len, struct sonde_red_reques
 	}
 	if (req->line_complete)
 		scan_headers(s, next_line(eol, end), end, &req->content_length, &req->chunked,
-			     &req->head_len);
+			     &req->head_len, req->host, sizeof(req->host));
 	return 0;
 }
 
@@ -187,7 +238,7 @@ int sonde_red_parse_response(const void *buf, size_t len, struct sonde_red_respo
 	eol = line_end(s + 12, end);
 	if (eol)
 		scan_headers(s, next_line(eol, end), end, &resp->content_length, &resp->chunked,
-			     &resp->head_len);
+			     &resp->head_len, NULL, 0);
 	return 0;
 }
 

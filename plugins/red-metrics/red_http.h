@@ -12,6 +12,7 @@
 
 #define SONDE_RED_PATH_MAX  256 /* bytes kept of a request target's path */
 #define SONDE_RED_ROUTE_MAX 128
+#define SONDE_RED_HOST_MAX  128 /* bytes kept of a host name, NUL included */
 
 /* What a request head says. */
 struct sonde_red_request {
@@ -23,6 +24,10 @@ struct sonde_red_request {
 	int64_t content_length;	       /* -1: none seen */
 	int chunked;		       /* Transfer-Encoding ends in chunked */
 	size_t head_len;	       /* through the blank line; 0 if not in the buffer */
+	/* The host the request names, lower case, without port or IPv6 brackets:
+	 * an absolute-form target's, else the Host header's; "" when neither is
+	 * in the buffer or it is not a plain host name or address. */
+	char host[SONDE_RED_HOST_MAX];
 };
 
 /* What a response head says. */

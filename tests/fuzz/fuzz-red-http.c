@@ -21,7 +21,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t n;
 
 	if (sonde_red_parse_request(data, size, &req) == 0) {
-		if (req.head_len > size || strlen(req.path) >= sizeof(req.path) || !req.method)
+		if (req.head_len > size || strlen(req.path) >= sizeof(req.path) || !req.method ||
+		    strlen(req.host) >= sizeof(req.host))
 			abort();
 		n = sonde_red_route(req.path, route, sizeof(route));
 		if (n >= sizeof(route) || strlen(route) != n)

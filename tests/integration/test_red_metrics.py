@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """red-metrics against real servers: Python's http.server (keep-alive, a
-route that sleeps 50 ms) and nginx (sendfile, keep-alive, wrk), with exact
-numbers of requests per route and status. The histograms on /metrics must
-count them exactly, put /slow in the 0.05 < d <= 0.075 bucket, never show a
-query string, and a real Prometheus scraping sonded must return them."""
+route that sleeps 50 ms), nginx (sendfile, keep-alive, wrk) and bare-socket
+servers (tests/fixtures/red/rawserver.py) that read with recvmsg or readv,
+answer with sendmsg, or answer pipelined requests, and a client on IPv6,
+with exact numbers of requests per route and status. The histograms on
+/metrics must count them exactly, put /slow in the 0.05 < d <= 0.075
+bucket, name server_address from Host (else the peer, client side), never
+show a query string, and a real Prometheus scraping sonded must return
+them."""
 import http.client
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.parse
@@ -45,13 +50,53 @@ def parse_metrics(text):
     return out
 
 
-def sample(metrics, name, **labels):
-    """The one value of name whose labels include these; None if none."""
+def sample(metrics, name, without=(), **labels):
+    """The one value of name whose labels include these and none named in
+    without; None if none."""
     want = {(k, str(v)) for k, v in labels.items()}
-    hits = [v for (n, ls), v in metrics.items() if n == name and want <= ls]
+    hits = [v for (n, ls), v in metrics.items()
+            if n == name and want <= ls and not any(k in without for k, _ in ls)]
     if len(hits) > 1:
         fail(f"{name}{labels} matches {len(hits)} series")
     return hits[0] if hits else None
+
+
+def read_response(s, buf):
+    """(status, the bytes after the response) from socket s, buf what was
+    already read from it."""
+    while b"\r\n\r\n" not in buf:
+        more = s.recv(65536)
+        if not more:
+            fail(f"the connection closed in a response head: {buf!r}")
+        buf += more
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    length = int(next(ln.split(b":", 1)[1] for ln in lines[1:]
+                      if ln.lower().startswith(b"content-length:")))
+    while len(buf) < length:
+        buf += s.recv(65536)
+    return int(lines[0].split()[1]), buf[length:]
+
+
+def raw_exchange(port, heads, pipelined=False):
+    """Sends the request heads on one connection to 127.0.0.1:port, each
+    after the previous response, or all in one send() when pipelined; the
+    statuses, in order."""
+    statuses, buf = [], b""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        if pipelined:
+            s.sendall(b"".join(heads))
+        for head in heads:
+            if not pipelined:
+                s.sendall(head)
+            status, buf = read_response(s, buf)
+            statuses.append(status)
+    return statuses
+
+
+def get(path, host=None):
+    return (f"GET {path} HTTP/1.1\r\n" + (f"Host: {host}\r\n" if host else "") +
+            "Accept: */*\r\n\r\n").encode()
 
 
 try:
@@ -99,12 +144,28 @@ http {{
     if cl.stdout.readline().strip() != "ready":
         fail("the client fixture did not start")
 
+    # Bare-socket servers: recvmsg/sendmsg, readv, pipelining, and one on
+    # ::1 that the IPv6 client fixture (no Host header) talks to.
+    raw = {}
+    for mode, family in (("msg", "4"), ("readv", "4"), ("pipe", "4"), ("recv", "6")):
+        p = start(["/usr/bin/python3", os.path.join(source, "tests/fixtures/red/rawserver.py"),
+                   mode, family], stdout=subprocess.PIPE, text=True)
+        raw[mode] = (p, int(p.stdout.readline().split()[1]))
+    cl6 = start(["/usr/bin/python3", os.path.join(source, "tests/fixtures/red/rawclient.py"),
+                 "::1", str(raw["recv"][1]), "/v6", "3"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True)
+    if cl6.stdout.readline().strip() != "ready":
+        fail("the IPv6 client fixture did not start")
+    pids = [py.pid, cl.pid, cl6.pid] + [p.pid for p, _ in raw.values()]
+
+    lua_pids = ", ".join(f"[{pid}] = true" for pid in pids)
     script = os.path.join(work, "red.lua")
     with open(script, "w") as f:
         f.write(f"""
 plugin "red-metrics" {{ required = true, window_s = 1 }}
 on_process(function(p)
-  if p.pid == {py.pid} or p.pid == {cl.pid} or p.comm == "nginx" then
+  local pids = {{ {lua_pids} }}
+  if pids[p.pid] or p.comm == "nginx" then
     return {{ unwinders = {{ "red-metrics" }} }}
   end
   return false
@@ -119,8 +180,7 @@ end)
                                capture_output=True, text=True, timeout=30)
             ps = json.loads(r.stdout)["processes"] if r.returncode == 0 else []
             attached = [p for p in ps if p["unwinders"] == ["red-metrics"]]
-            if any(p["pid"] == py.pid for p in attached) and \
-                    any(p["pid"] == cl.pid for p in attached) and \
+            if set(pids) <= {p["pid"] for p in attached} and \
                     sum(p["comm"] == "nginx" for p in attached) >= 3:
                 break
             if time.time() > deadline:
@@ -153,6 +213,37 @@ end)
                         f"{base}/ok", f"{base}/ok", f"{base}/slow"], check=True, timeout=30)
         want_py[("/ok", 200)] += 2
         want_py[("/slow", 200)] += 1
+
+        # recvmsg + sendmsg (head and body in two iovecs), keep-alive.
+        msg_port, readv_port, pipe_port, v6_port = (raw[m][1] for m in ("msg", "readv", "pipe",
+                                                                          "recv"))
+        got = raw_exchange(msg_port, [get("/msg", "127.0.0.1")] * 4 +
+                           [get("/msg-missing", "127.0.0.1")] * 2)
+        if got != [200] * 4 + [404] * 2:
+            fail(f"the recvmsg server answered {got}")
+        # readv; server_address from Host (lower case, no port), none without.
+        raw_exchange(readv_port, [get("/readv", "Shop.Example.com:8080")] * 3 + [get("/readv")] * 2)
+        # Pipelining: three heads in one send(), answered in order, one send()
+        # each; twice on one connection. Then three answered in one send().
+        pipe3 = [get("/pipe/a", "127.0.0.1"), get("/pipe/b", "127.0.0.1"),
+                 get("/pipe/c", "127.0.0.1")]
+        s = socket.create_connection(("127.0.0.1", pipe_port), timeout=30)
+        buf, got = b"", []
+        for _ in range(2):
+            s.sendall(b"".join(pipe3))
+            for _ in pipe3:
+                status, buf = read_response(s, buf)
+                got.append(status)
+        s.close()
+        got += raw_exchange(pipe_port, [get(f"/batch/{x}", "127.0.0.1") for x in "abc"],
+                            pipelined=True)
+        if got != [200, 404, 201] * 3:
+            fail(f"the pipelining server answered {got}")
+        # The IPv6 client: 3 requests to [::1] without a Host header.
+        cl6.stdin.write("go\n")
+        cl6.stdin.flush()
+        if cl6.stdout.readline().strip() != "done" or cl6.wait(timeout=30) != 0:
+            fail("the IPv6 client fixture failed")
 
         # nginx: curl with several URLs on one connection, sendfile bodies.
         base = f"http://127.0.0.1:{ng_port}"
@@ -209,6 +300,35 @@ end)
             body = {"/ok": 3, "/missing": 14, "/fail": 9}[route]
             if got != n * body:
                 fail(f"client {route} response bytes: {got}, wanted {n * body}")
+        def exact(what, got, n):
+            if got != n:
+                fail(f"{what}: {got} counted, {n} sent\n{text}")
+
+        for route, status, n, body in (("/msg", 200, 4, 7), ("/msg-missing", 404, 2, 12)):
+            labels = dict(service_name="python3", http_route=route, http_response_status_code=status,
+                          server_port=msg_port, server_address="127.0.0.1")
+            exact(f"recvmsg/sendmsg {route}", count(**labels), n)
+            exact(f"recvmsg/sendmsg {route} response bytes",
+                  sample(m, "http_server_response_body_size_bytes_sum", **labels), n * body)
+        exact("readv with Host: Shop.Example.com:8080",
+              count(http_route="/readv", server_port=readv_port, server_address="shop.example.com"),
+              3)
+        exact("readv without Host",
+              count(http_route="/readv", server_port=readv_port, without=("server_address",)), 2)
+        for route, status, n in (("/pipe/a", 200, 2), ("/pipe/b", 404, 2), ("/pipe/c", 201, 2),
+                                 ("/batch/a", 200, 1), ("/batch/b", 404, 1), ("/batch/c", 201, 1)):
+            exact(f"pipelined {route} {status}",
+                  count(http_route=route, http_response_status_code=status, server_port=pipe_port),
+                  n)
+        exact("IPv6 client /v6", sample(m, "http_client_request_duration_seconds_count",
+                                        http_route="/v6", http_response_status_code=200,
+                                        server_address="::1", server_port=v6_port), 3)
+        exact("IPv6 server /v6 (no Host: no server_address)",
+              count(http_route="/v6", http_response_status_code=200, server_port=v6_port,
+                    without=("server_address",)), 3)
+        print("ok: recvmsg/sendmsg 6, readv 5 (3 with Host), pipelined 9 and IPv6 3 requests "
+              "counted exactly")
+
         for secret in ("secret123", "token=", "from=wrk", "/users/100"):
             if secret in text:
                 fail(f"'{secret}' (a raw path or query) is on /metrics")
@@ -225,7 +345,7 @@ end)
                       http_route="/big.bin", http_request_method="GET")
         if size != 4 * len(big):
             fail(f"nginx /big.bin response bytes: {size}, wanted {4 * len(big)}")
-        for name in ("aborted", "unpaired", "bad_heads", "ringbuf_drops"):
+        for name in ("aborted", "unpaired", "bad_heads", "ringbuf_drops", "forced_next"):
             v = d.metric(f"sonde_plugin_red_metrics_{name}_total")
             if v != 0:
                 fail(f"sonde_plugin_red_metrics_{name}_total is {v}")

@@ -97,6 +97,36 @@ static void test_request_headers(void **state)
 	assert_int_equal(r.head_len, 36);
 }
 
+/* server_address: the host the request names, without port or brackets. */
+static void test_request_host(void **state)
+{
+	struct sonde_red_request r;
+
+	(void)state;
+	assert_int_equal(sonde_red_parse_request(S("GET / HTTP/1.1\r\nHOST:  Api.Example.COM:8080 "
+						   "\r\n\r\n"),
+						 &r),
+			 0);
+	assert_string_equal(r.host, "api.example.com");
+	assert_int_equal(sonde_red_parse_request(S("GET / HTTP/1.1\r\nHost: [::1]:9\r\n\r\n"), &r),
+			 0);
+	assert_string_equal(r.host, "::1");
+	/* the absolute target's authority comes first; the first Host counts */
+	assert_int_equal(sonde_red_parse_request(S("GET http://a.test:81/x HTTP/1.1\r\nHost: b\r\n"
+						   "Host: c\r\n\r\n"),
+						 &r),
+			 0);
+	assert_string_equal(r.host, "a.test");
+	/* not a host name: no label rather than arbitrary bytes */
+	assert_int_equal(sonde_red_parse_request(S("GET / HTTP/1.1\r\nHost: u@h\r\n\r\n"), &r), 0);
+	assert_string_equal(r.host, "");
+	assert_int_equal(sonde_red_parse_request(S("GET / HTTP/1.1\r\nHost: [::1\r\n\r\n"), &r), 0);
+	assert_string_equal(r.host, "");
+	/* a Host line cut by the end of the buffer is not used */
+	assert_int_equal(sonde_red_parse_request(S("GET / HTTP/1.1\r\nHost: exam"), &r), 0);
+	assert_string_equal(r.host, "");
+}
+
 /* Heads cut by the end of what one read returned. */
 static void test_request_split(void **state)
 {
@@ -337,7 +367,7 @@ static void test_agg_keepalive(void **state)
 {
 	(void)state;
 	/* two exchanges of one connection, 60 ms and 1 ms */
-	put(RED_END_LENGTH, 5, 1000, 61000, "GET /users/1?secret=1 HTTP/1.1\r\nHost: h\r\n\r\n",
+	put(RED_END_LENGTH, 5, 1000, 61000, "GET /users/1?secret=1 HTTP/1.1\r\nAccept: */*\r\n\r\n",
 	    200, 49, 39, 10);
 	put(RED_END_LENGTH, 5, 70000, 71000, "GET /users/2 HTTP/1.1\r\n\r\n", 200, 49, 39, 10);
 	assert_int_equal(sonde_red_agg__stats(agg)->requests, 2);
@@ -490,7 +520,9 @@ static void test_agg_window(void **state)
 static void test_agg_client(void **state)
 {
 	struct rec r = {0};
-	const char *req = "GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n";
+	const char *req = "GET /users/7 HTTP/1.1\r\nAccept: */*\r\n\r\n";
+	const uint8_t v6[16] = {0x20, 0x01, 0x0d, 0xb8, [15] = 1};
+	uint32_t v4 = htonl(0x7f000001);
 
 	(void)state;
 	r.ev.type = RED_EV_EXCHANGE;
@@ -504,10 +536,27 @@ static void test_agg_client(void **state)
 	r.ev.resp_bytes = 60;
 	r.ev.resp_head_len = 40;
 	r.ev.resp_clen = 20;
-	r.ev.server_addr = htonl(0x7f000001);
+	r.ev.family = RED_FAMILY_INET;
+	memcpy(r.ev.server_addr, &v4, sizeof(v4));
 	r.ev.len = (uint16_t)strlen(req);
 	memcpy(r.data, req, strlen(req));
 	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
+	/* an IPv6 peer, then a Host header, which names the server instead */
+	r.ev.family = RED_FAMILY_INET6;
+	memcpy(r.ev.server_addr, v6, sizeof(v6));
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
+	req = "GET /users/7 HTTP/1.1\r\nHost: api.test:8080\r\n\r\n";
+	r.ev.len = (uint16_t)strlen(req);
+	memcpy(r.data, req, strlen(req));
+	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
+	has_line("http_client_request_duration_seconds_count{service_name=\"web\","
+		 "http_request_method=\"GET\",http_response_status_code=\"404\","
+		 "http_route=\"/users/*\",url_scheme=\"http\",server_address=\"2001:db8::1\","
+		 "server_port=\"8080\",error_type=\"404\"} 1");
+	has_line("http_client_request_duration_seconds_count{service_name=\"web\","
+		 "http_request_method=\"GET\",http_response_status_code=\"404\","
+		 "http_route=\"/users/*\",url_scheme=\"http\",server_address=\"api.test\","
+		 "server_port=\"8080\",error_type=\"404\"} 1");
 	has_line("http_client_request_duration_seconds_count{service_name=\"web\","
 		 "http_request_method=\"GET\",http_response_status_code=\"404\","
 		 "http_route=\"/users/*\",url_scheme=\"http\",server_address=\"127.0.0.1\","
@@ -527,6 +576,7 @@ int main(void)
 		cmocka_unit_test(test_request_methods),
 		cmocka_unit_test(test_request_target),
 		cmocka_unit_test(test_request_headers),
+		cmocka_unit_test(test_request_host),
 		cmocka_unit_test(test_request_split),
 		cmocka_unit_test(test_request_garbage),
 		cmocka_unit_test(test_response),
