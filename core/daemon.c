@@ -244,7 +244,6 @@ static void release_held(struct sonde_daemon *d, bool final)
 	if (!sonde_tagwait__count(d->tagwait))
 		return;
 	sonde_tagwait__retry(d->tagwait, final ? UINT64_MAX : sonde_now_ns(), retry_held, d);
-	d->counters.samples_tag_waiting = sonde_tagwait__count(d->tagwait);
 }
 
 static void publish_proc(struct sonde_daemon *d, uint32_t pid, bool exited)

@@ -13,6 +13,7 @@
 #include "script.h"
 #include "store.h"
 #include "strbuf.h"
+#include "tagwait.h"
 
 #define MAX_PROFILE_SECONDS 3600
 
@@ -140,6 +141,7 @@ static void serve_metrics(struct sonde_daemon *d, struct sonde_http_conn *conn)
 		.counters = &d->counters,
 	};
 
+	d->counters.samples_tag_waiting = sonde_tagwait__count(d->tagwait);
 	sonde_metrics_write(&src, &sb);
 	script_metrics(d, &sb);
 	if (d->plugins)

@@ -23,7 +23,7 @@ struct sonde_daemon_counters {
 	uint64_t frames_unmapped;         /* user frames no mapping covered */
 	uint64_t stacks_truncated;
 	uint64_t records_malformed;
-	uint64_t samples_tag_waiting; /* held for their thread tag's labels (a gauge) */
+	uint64_t samples_tag_waiting; /* held for their tag's labels now (a gauge, set by the caller) */
 	uint64_t samples_tag_late;    /* went unlabeled: the tag's labels came too late */
 	uint64_t samples_tag_unknown; /* went unlabeled: no plugin could name the tag */
 	uint64_t samples_tag_full;    /* went unlabeled: too many samples were waiting */

@@ -18,6 +18,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "red.h"
+#include "thread_tags.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -55,6 +56,7 @@ struct red_conn {
 	__u8 q_head;	/* pipelined heads waiting: slots q_head.. of pipeq, */
 	__u8 q_len;	/* q_len of them (<= RED_PIPE) */
 	__u8 daddr[16]; /* client side: the server's address */
+	__u32 tag_tid;	/* server side: the thread tagged with the exchange (0: none) */
 	__u8 req[RED_REQ_HEAD];
 };
 
@@ -176,12 +178,41 @@ static __always_inline int watched(__u32 tgid)
  * before every scrape. 0: wake on every record. */
 const volatile __u64 wakeup_bytes = 0;
 
+/* The id the host gave the plugin for thread tags; 0: it tags none.
+ * Set before load. */
+const volatile __u64 tag_provider = 0;
+
+static __always_inline __u64 exchange_tag(const struct red_conn *c)
+{
+	return tag_provider << SONDE_TAG_PROVIDER_SHIFT | (c->start & RED_TAG_MASK);
+}
+
+/* The current thread works on c's exchange from now on: its samples carry
+ * the exchange's tag. Server side only, and not in forked children (their
+ * samples' pid is not the service's, which the record carries). */
+static __always_inline void tag_thread(struct red_conn *c, const struct conn_key *key)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	c->tag_tid = 0;
+	if (!tag_provider || c->client || key->tgid != c->svc)
+		return;
+	if (!sonde_thread_tag_set(tid, exchange_tag(c)))
+		c->tag_tid = tid;
+	else
+		stat_inc(RED_STAT_TAGS_FULL);
+}
+
 /* Sends the exchange in flight on c, ended for reason end. */
 static __always_inline void emit(struct red_conn *c, const struct conn_key *key, __u8 end)
 {
 	struct red_event *ev;
 	__u64 flags = 0;
 
+	if (c->tag_tid) {
+		sonde_thread_tag_clear(c->tag_tid, exchange_tag(c));
+		c->tag_tid = 0;
+	}
 	if (wakeup_bytes)
 		flags = bpf_ringbuf_query(&red_events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
 				? BPF_RB_FORCE_WAKEUP
@@ -215,7 +246,7 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 
 /* An exchange starts: the head in c->req was read (server) or written
  * (client) at t. */
-static __always_inline void begin(struct red_conn *c, __u64 t)
+static __always_inline void begin(struct red_conn *c, const struct conn_key *key, __u64 t)
 {
 	c->start = c->last = t;
 	c->state = RED_CONN_IN_REQ;
@@ -225,6 +256,7 @@ static __always_inline void begin(struct red_conn *c, __u64 t)
 	c->resp_clen = -1;
 	c->resp_expect = -1;
 	c->chunked = 0;
+	tag_thread(c, key);
 }
 
 /* The exchange in flight on c is over: the oldest pipelined head, if any,
@@ -248,7 +280,7 @@ static __always_inline void pop(struct red_conn *c, const struct conn_key *key)
 	}
 	__builtin_memcpy(c->req, ph->req, RED_REQ_HEAD);
 	c->req_len = ph->len < RED_REQ_HEAD ? ph->len : RED_REQ_HEAD;
-	begin(c, ph->start);
+	begin(c, key, ph->start);
 	bpf_map_delete_elem(&pipeq, &pk);
 }
 
@@ -861,7 +893,7 @@ static __always_inline int on_io_exit(long ret, __u32 op)
 			    !is_request(c->req))
 				return 0;
 			c->req_len = len;
-			begin(c, now);
+			begin(c, &key, now);
 			h = (const struct req_bytes *)c->req;
 		} else {
 			if (bpf_probe_read_user(p, avail < 16 ? avail : 16, (const void *)data) ||
@@ -875,7 +907,7 @@ static __always_inline int on_io_exit(long ret, __u32 op)
 					len = 0;
 				}
 				c->req_len = len;
-				begin(c, now);
+				begin(c, &key, now);
 				h = (const struct req_bytes *)c->req;
 			} else {
 				/* pipelined: before the response of the one in flight */

@@ -31,6 +31,7 @@ struct red_settings {
 	int64_t max_routes;
 	int64_t ringbuf_mb;
 	int64_t window_s;
+	int profile_labels;
 };
 
 /* The self counters, in the order of struct sonde_red_agg_stats, then the
@@ -47,6 +48,8 @@ static const char *const counter_names[][2] = {
 	{"ringbuf-drops", "Records lost because the plugin's ringbuf was full."},
 	{"read-faults", "Heads that could not be read from the process's memory."},
 	{"connections", "Connections accepted by watched processes."},
+	{"untagged-threads",
+	 "Requests whose thread could not be tagged for the profiles: thread_tags was full."},
 };
 #define N_AGG_COUNTERS 7
 #define N_COUNTERS     (sizeof(counter_names) / sizeof(counter_names[0]))
@@ -186,6 +189,56 @@ static void red_fini(void *state)
 	free(r);
 }
 
+/* The labels of a thread tag: the exchange it stands for, once its record
+ * came (plugin.h, sonde_plugin_tag_fn). */
+static int tag_labels(void *state, uint32_t pid, uint64_t tag, struct sonde_plugin_label *labels,
+		      int max)
+{
+	struct red *r = state;
+	const char *method, *route;
+
+	if (max < 2)
+		return -ENOENT;
+	if (!sonde_red_agg__exchange(r->agg, pid, tag & RED_TAG_MASK, &method, &route))
+		return 0;
+	labels[0] = (struct sonde_plugin_label){"http_route", route};
+	labels[1] = (struct sonde_plugin_label){"http_request_method", method};
+	return 2;
+}
+
+/*
+ * Before load: the BPF side tags threads in the core's thread_tags map,
+ * under the id the host gives. A sonded without the service (ABI < 1.3)
+ * or the map gets no labels, and says so; the metrics work the same.
+ */
+static int setup_thread_tags(struct red *r, const struct red_settings *s)
+{
+	const struct sonde_host_api *api = r->api;
+	int fd, id, err;
+
+	bpf_map__set_max_entries(r->skel->maps.thread_tags, 1); /* unless reused below */
+	if (!s->profile_labels)
+		return 0;
+	if (api->size < offsetof(struct sonde_host_api, register_sample_tags) +
+				sizeof(api->register_sample_tags)) {
+		api->log(r->host, SONDE_PLUGIN_LOG_WARN,
+			 "this sonded cannot label samples (host ABI %u.%u < 1.3): "
+			 "profiles will not carry http_route", api->abi_major, api->abi_minor);
+		return 0;
+	}
+	fd = api->map_fd(r->host, "thread_tags");
+	if (fd < 0)
+		return fd;
+	err = bpf_map__reuse_fd(r->skel->maps.thread_tags, fd);
+	if (err)
+		return err;
+	id = api->register_sample_tags(r->host, "http", tag_labels);
+	if (id < 0)
+		return id;
+	r->skel->rodata->tag_provider = (uint64_t)id;
+	return 0;
+}
+
 static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 		      const void *settings, char *err, size_t errlen)
 {
@@ -241,6 +294,12 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 	bpf_map__set_max_entries(r->skel->maps.red_events, (uint32_t)s->ringbuf_mb << 20);
 	/* wake the loop at an eighth full; the 100 ms timer drains the rest */
 	r->skel->rodata->wakeup_bytes = (uint64_t)s->ringbuf_mb << 17;
+	rc = setup_thread_tags(r, s);
+	if (rc) {
+		snprintf(err, errlen, "cannot tag threads for the profiles' labels: %s "
+			 "(profile_labels = false goes without)", strerror(-rc));
+		goto fail;
+	}
 	rc = red_bpf__load(r->skel);
 	if (rc) {
 		snprintf(err, errlen, "cannot load the BPF object: %s", strerror(-rc));
@@ -356,6 +415,9 @@ static const struct sonde_plugin_setting red_settings_table[] = {
 	 "size of the plugin's ringbuf in MiB (a power of 2)"},
 	{SONDE_SETTING_INT, "window_s", "10", offsetof(struct red_settings, window_s),
 	 "seconds between two messages on the export socket's red topic"},
+	{SONDE_SETTING_BOOL, "profile_labels", "true", offsetof(struct red_settings, profile_labels),
+	 "label the CPU samples of a thread serving a request with its http_route and "
+	 "http_request_method"},
 	{SONDE_SETTING_END},
 };
 

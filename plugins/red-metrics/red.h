@@ -45,6 +45,15 @@ enum red_family {
 	RED_FAMILY_INET6 = 6,
 };
 
+/*
+ * Request-scoped profiles: while a server thread handles an exchange, its
+ * entry in the core's thread_tags map (bpf/thread_tags.bpf.h) is the id the
+ * host gave the plugin in the top byte and the exchange's start below
+ * (RED_TAG_MASK of red_event.start); userspace turns it back into the
+ * exchange's method and route.
+ */
+#define RED_TAG_MASK ((1ULL << 56) - 1)
+
 enum red_event_type {
 	RED_EV_EXCHANGE = 1, /* the only record type */
 };
@@ -71,6 +80,7 @@ enum red_stat {
 	RED_STAT_RINGBUF_FULL = 0, /* records lost: the ringbuf was full */
 	RED_STAT_READ_FAULT,	   /* bpf_probe_read_user failed on a head */
 	RED_STAT_CONNS,		   /* connections accepted by watched processes */
+	RED_STAT_TAGS_FULL,	   /* a thread not tagged: the core's thread_tags was full */
 	RED_STAT__COUNT,
 };
 

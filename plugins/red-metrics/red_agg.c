@@ -13,6 +13,7 @@
 #include "red.h"
 #include "red_agg.h"
 #include "red_http.h"
+#include "red_tags.h"
 
 #define OVERFLOW_ROUTE "_OTHER"
 
@@ -193,6 +194,7 @@ struct sonde_red_agg {
 	struct map route_counts; /* "name" -> struct service_routes */
 	struct map series;	 /* side and labels -> struct series */
 	struct series *first, **tail;
+	struct red_tags *tags;	 /* recent server exchanges, for thread tags */
 };
 
 struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
@@ -203,6 +205,11 @@ struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
 		return NULL;
 	agg->opts.max_routes = opts && opts->max_routes ? opts->max_routes : 100;
 	agg->tail = &agg->first;
+	agg->tags = red_tags__new(RED_AGG_TAG_KEEP_NS, 65536);
+	if (!agg->tags) {
+		free(agg);
+		return NULL;
+	}
 	return agg;
 }
 
@@ -226,6 +233,7 @@ void sonde_red_agg__free(struct sonde_red_agg *agg)
 	map_clear(&agg->routes, NULL);
 	map_clear(&agg->route_counts, free);
 	map_clear(&agg->series, free_series);
+	red_tags__free(agg->tags);
 	free(agg);
 }
 
@@ -445,7 +453,18 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	observe(&s->all, d, reqb, resp);
 	observe(&s->win, d, reqb, resp);
 	agg->stats.requests++;
+	/* the series' strings outlive the entry (series are never freed);
+	 * ENOMEM only costs the samples their labels */
+	if (!x.client)
+		red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, s->method, s->route,
+			      ev->last);
 	return 0;
+}
+
+bool sonde_red_agg__exchange(const struct sonde_red_agg *agg, uint32_t tgid, uint64_t start,
+			     const char **method, const char **route)
+{
+	return red_tags__get(agg->tags, tgid, start, method, route);
 }
 
 static void write_histogram(FILE *out, const char *name, const struct series *s,

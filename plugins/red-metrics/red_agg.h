@@ -23,6 +23,7 @@
 #ifndef SONDE_RED_AGG_H
 #define SONDE_RED_AGG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -74,5 +75,15 @@ int sonde_red_agg__window(struct sonde_red_agg *agg, double start, double durati
 			  size_t *len);
 
 const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_agg *agg);
+
+/*
+ * The method and route of the server exchange tgid started at start
+ * (RED_TAG_MASK of red_event.start: the value of its thread tag), among
+ * those consumed in the last RED_AGG_TAG_KEEP_NS. The strings live as long
+ * as agg. False when it is not (or no longer) known.
+ */
+#define RED_AGG_TAG_KEEP_NS (30ULL * 1000000000ULL)
+bool sonde_red_agg__exchange(const struct sonde_red_agg *agg, uint32_t tgid, uint64_t start,
+			     const char **method, const char **route);
 
 #endif /* SONDE_RED_AGG_H */
