@@ -41,6 +41,20 @@ static __always_inline int sonde_sample_emit(struct sonde_sample *s)
 	return 0;
 }
 
+/*
+ * Writes the frame word v at s->frames[k]; -1 when k is past the end.
+ * Global on purpose: a walk that indexes frames[] itself makes the verifier
+ * track its frame index precisely, so no two iterations of its loop look
+ * alike and every one is verified again.
+ */
+__noinline int sonde_put_frame(struct sonde_sample *s, __u32 k, __u64 v)
+{
+	if (!s || k >= SONDE_MAX_FRAMES)
+		return -1;
+	s->frames[k] = v;
+	return 0;
+}
+
 struct sonde_fp_walk {
 	struct sonde_sample *s;
 	struct sonde_stack_window *win;

@@ -117,32 +117,46 @@ static long search_cb(__u32 i, void *ctx)
 	return 0;
 }
 
-/* The mapping holding pc. */
-static __always_inline struct sonde_unw_mapping *find_mapping(struct sonde_unw_proc *proc, __u64 pc)
-{
-	struct search q = {.proc = proc, .key = pc, .hi = proc->nmappings};
-	struct sonde_unw_mapping *m;
+/*
+ * The two searches are global functions: the verifier checks each once.
+ * Inlined, their bpf_loop callbacks were verified again for every state of
+ * the walk's own loop, which took the walker near the 1M instruction limit.
+ */
 
+/* The index in proc->mappings of the mapping holding pc, or -1. */
+__noinline int mapping_index(const struct sonde_unw_proc *proc, __u64 pc)
+{
+	struct search q = {.proc = (struct sonde_unw_proc *)proc, .key = pc};
+	__u32 i;
+
+	if (!proc)
+		return -1;
+	q.hi = proc->nmappings;
 	if (q.hi > SONDE_UNW_MAX_MAPPINGS)
 		q.hi = SONDE_UNW_MAX_MAPPINGS;
 	bpf_loop(8, search_cb, &q, 0); /* 2^7 = SONDE_UNW_MAX_MAPPINGS */
 	if (!q.lo || q.lo < q.hi)
-		return NULL;
-	m = &proc->mappings[(q.lo - 1) & (SONDE_UNW_MAX_MAPPINGS - 1)];
-	return pc < m->end ? m : NULL;
+		return -1;
+	i = (q.lo - 1) & (SONDE_UNW_MAX_MAPPINGS - 1);
+	return pc < proc->mappings[i].end ? (int)i : -1;
 }
 
-/* The row of m's table covering ELF address addr, or NULL: the page
- * index narrows the search to the few rows that start in addr's page. */
-static __always_inline struct sonde_unw_row *find_row(const struct sonde_unw_mapping *m, __u64 addr)
+/* The index in unw_rows of the row of m's table covering ELF address addr,
+ * or -1: the page index narrows the search to the few rows that start in
+ * addr's page. */
+__noinline long row_index(const struct sonde_unw_mapping *m, __u64 addr)
 {
-	struct search q = {.key = addr, .base = m->first};
-	__u64 page = addr >> SONDE_UNW_PAGE_SHIFT;
+	struct search q = {.key = addr};
 	struct sonde_unw_page *pg;
+	__u64 page;
 	__u32 key, lo;
 
+	if (!m || !m->rows)
+		return -1;
+	q.base = m->first;
+	page = addr >> SONDE_UNW_PAGE_SHIFT;
 	if (page < m->page_lo)
-		return NULL;
+		return -1;
 	page -= m->page_lo;
 	if (page >= m->npages) { /* past the last row's page: the last row */
 		q.lo = m->rows - 1;
@@ -151,16 +165,15 @@ static __always_inline struct sonde_unw_row *find_row(const struct sonde_unw_map
 		key = m->first - m->npages + (__u32)page;
 		pg = (struct sonde_unw_page *)bpf_map_lookup_elem(&unw_rows, &key);
 		if (!pg)
-			return NULL;
+			return -1;
 		q.lo = pg->row;
 		q.hi = pg->row + pg->count;
 	}
 	lo = q.lo;
 	bpf_loop(row_search_steps + 1, search_cb, &q, 0);
 	if (q.lo == lo || q.lo < q.hi)
-		return NULL;
-	key = m->first + q.lo - 1;
-	return bpf_map_lookup_elem(&unw_rows, &key);
+		return -1;
+	return (long)(m->first + q.lo - 1);
 }
 
 /* Where no row applies: trust rbp as a frame pointer if it points into the
@@ -205,17 +218,19 @@ static __always_inline int step(struct walk *w, __u32 i)
 	struct sonde_unw_row *r;
 	__u64 addr, cfa, ra;
 	__s64 off;
-	__u32 k = w->k;
+	__u32 k = w->k, key;
+	long row;
 
-	if (k >= SONDE_MAX_FRAMES || w->n >= SONDE_MAX_USTACK)
+	if (w->n >= SONDE_MAX_USTACK || sonde_put_frame(w->s, k, w->pc))
 		return SONDE_UNW_STOP_FRAME_LIMIT;
-	w->s->frames[k] = w->pc;
 	w->k = k + 1;
 	w->n++;
 
 	m = w->m;
 	if (!m || w->pc < m->start || w->pc >= m->end) {
-		m = find_mapping(w->proc, w->pc);
+		int mi = mapping_index(w->proc, w->pc);
+
+		m = mi < 0 ? NULL : &w->proc->mappings[mi & (SONDE_UNW_MAX_MAPPINGS - 1)];
 		w->m = m;
 	}
 	if (!m) {
@@ -227,7 +242,9 @@ static __always_inline int step(struct walk *w, __u32 i)
 	}
 	/* A return address points after the call; the call is what ran. */
 	addr = w->pc - m->bias - (i ? 1 : 0);
-	r = m->rows ? find_row(m, addr) : NULL;
+	row = row_index(m, addr);
+	key = (__u32)row;
+	r = row < 0 ? NULL : bpf_map_lookup_elem(&unw_rows, &key);
 	if (!r || SONDE_UNW_ROW_CFA(r) == SONDE_UNW_CFA_END)
 		return step_fp(w) ? SONDE_UNW_STOP_NO_CFI : -1;
 
