@@ -388,6 +388,18 @@ static int find_interpreter(uint32_t pid, char *path, size_t pathlen, int *minor
 	return ret;
 }
 
+/* The walker reads these three in one PY_FRAME_HEAD-byte read. */
+static bool frame_head_fits(const struct py_layout *l)
+{
+	const uint32_t offs[] = {l->fr_code, l->fr_previous, l->fr_instr};
+	size_t i;
+
+	for (i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
+		if (offs[i] % 8 || offs[i] + 8 > PY_FRAME_HEAD)
+			return false;
+	return true;
+}
+
 struct syms {
 	uint64_t runtime, code_type;
 	uint32_t version;
@@ -451,6 +463,11 @@ static int py_attach(void *state, const struct sonde_plugin_process *proc, char 
 			l = &layouts[i];
 	if (!l) {
 		snprintf(reason, reasonlen, "python 3.%d not supported yet", minor);
+		return SONDE_DECLINE;
+	}
+	if (!frame_head_fits(l)) { /* a layout the walker cannot read: our bug */
+		snprintf(reason, reasonlen, "python 3.%d: frame layout not in the walker's head",
+			 minor);
 		return SONDE_DECLINE;
 	}
 	bias = start - s.base_vaddr;
@@ -527,11 +544,13 @@ static const char *const error_names[PY_ERR__COUNT] = {
 static int py_write_metrics(void *state, FILE *out)
 {
 	struct py *py = state;
-	uint64_t sums[PY_ERR__COUNT] = { 0 };
+	uint64_t sums[PY_ERR__COUNT] = { 0 }, walk[PY_WALK__COUNT] = { 0 };
 	uint32_t r;
 	int err;
 
 	err = plugin_percpu_sums(bpf_map__fd(py->skel->maps.py_errors), PY_ERR__BPF, sums);
+	if (!err)
+		err = plugin_percpu_sums(bpf_map__fd(py->skel->maps.py_walk), PY_WALK__COUNT, walk);
 	if (err)
 		return err;
 	sums[PY_ERR_STALE] = py->stale;
@@ -542,6 +561,24 @@ static int py_write_metrics(void *state, FILE *out)
 	for (r = 0; r < PY_ERR__COUNT; r++)
 		fprintf(out, "sonde_unwind_python_errors_total{reason=\"%s\"} %" PRIu64 "\n",
 			error_names[r], sums[r]);
+	fprintf(out,
+		"# HELP sonde_unwind_python_walks_total Python stack walks (samples of processes "
+		"with offsets).\n"
+		"# TYPE sonde_unwind_python_walks_total counter\n"
+		"sonde_unwind_python_walks_total %" PRIu64 "\n"
+		"# HELP sonde_unwind_python_frames_total Python frames the walks emitted.\n"
+		"# TYPE sonde_unwind_python_frames_total counter\n"
+		"sonde_unwind_python_frames_total %" PRIu64 "\n"
+		"# HELP sonde_unwind_python_walk_seconds_total BPF time in Python walks, timed by "
+		"the walker (native part excluded).\n"
+		"# TYPE sonde_unwind_python_walk_seconds_total counter\n"
+		"sonde_unwind_python_walk_seconds_total %.9f\n"
+		"# HELP sonde_unwind_python_code_cache_hits_total Frames whose code object's "
+		"first line the walker had cached (not read).\n"
+		"# TYPE sonde_unwind_python_code_cache_hits_total counter\n"
+		"sonde_unwind_python_code_cache_hits_total %" PRIu64 "\n",
+		walk[PY_WALK_RUNS], walk[PY_WALK_FRAMES], (double)walk[PY_WALK_NS] / 1e9,
+		walk[PY_WALK_CODE_HITS]);
 	return 0;
 }
 

@@ -15,6 +15,10 @@
 
 #define PY_MAX_FRAMES 48 /* Python frames per sample: 96 of the 127 user words */
 #define PY_MAX_PROCS  4096
+/* The walker reads the head of each interpreter frame in one read of this
+ * many bytes: fr_code, fr_previous and fr_instr are 8-aligned and below it
+ * (3.11 to 3.13 put them in the first 64 bytes). */
+#define PY_FRAME_HEAD 64
 
 /* Value of py_procs (key: tgid). */
 struct py_proc {
@@ -41,6 +45,17 @@ enum py_error {
 	PY_ERR_STALE = PY_ERR__BPF, /* symbolize: not a code object (freed, reused) */
 	PY_ERR_SYMBOL_READ,	    /* symbolize: the code object could not be read */
 	PY_ERR__COUNT,
+};
+
+/* Keys of py_walk (per-CPU u64 sums): what the walker does and costs, timed
+ * by itself (bpf_ktime_get_ns around the Python part of a sample of a
+ * process with offsets), free of the rest of the sampler. */
+enum py_walk_stat {
+	PY_WALK_NS = 0, /* time in Python walks */
+	PY_WALK_RUNS,	/* Python walks */
+	PY_WALK_FRAMES, /* Python frames they emitted */
+	PY_WALK_CODE_HITS, /* frames whose code object's first line came from the cache */
+	PY_WALK__COUNT,
 };
 
 #endif /* SONDE_UNWIND_PYTHON_H */
