@@ -24,14 +24,6 @@ struct {
 	__type(value, struct sonde_proc_info);
 } procs SEC(".maps");
 
-/* Unwinder programs by slot; slot SONDE_UNWINDER_FP is unwind_fp below. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, SONDE_MAX_UNWINDERS);
-	__type(key, __u32);
-	__type(value, __u32);
-} unwinders SEC(".maps");
-
 /* Set by userspace once a plugin tags threads: until then the sampler
  * skips the thread_tags lookup. */
 __u32 sonde_tags_on = 0;

@@ -18,6 +18,32 @@ struct {
 	__type(value, struct sonde_sample);
 } scratch SEC(".maps");
 
+/* Unwinder programs by slot; slot SONDE_UNWINDER_FP is the core's
+ * frame-pointer walk (sample.bpf.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, SONDE_MAX_UNWINDERS);
+	__type(key, __u32);
+	__type(value, __u32);
+} unwinders SEC(".maps");
+
+/* tgid -> where an interpreter's unwinder takes over (abi.h); kept by the
+ * core from what the plugins set. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct sonde_handover);
+} handover SEC(".maps");
+
+/* Where the walk is, across hand-over tail calls (abi.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sonde_unwind_state);
+} unwind_state SEC(".maps");
+
 static __always_inline struct sonde_sample *sonde_scratch(void)
 {
 	__u32 zero = 0;
@@ -53,6 +79,81 @@ __noinline int sonde_put_frame(struct sonde_sample *s, __u32 k, __u64 v)
 		return -1;
 	s->frames[k] = v;
 	return 0;
+}
+
+/* The slot that takes over the frame at (pc, sp) of the sample taken at
+ * time_ns: 0 for none, or for the frame an interpreter just handed back.
+ * Global, so the verifier checks its loop once, not in every step. */
+__noinline __u32 sonde_handover_slot(const struct sonde_handover *ho, __u64 pc, __u64 sp,
+				     __u64 time_ns)
+{
+	__u32 i, zero = 0;
+	struct sonde_unwind_state *st;
+
+	if (!ho)
+		return 0;
+	st = bpf_map_lookup_elem(&unwind_state, &zero);
+	if (st && st->time_ns == time_ns && st->pc == pc && st->sp == sp)
+		return 0;
+	for (i = 0; i < SONDE_MAX_HANDOVER_RANGES && i < ho->n; i++)
+		if (pc >= ho->ranges[i].start && pc < ho->ranges[i].end)
+			return ho->ranges[i].slot;
+	return 0;
+}
+
+/* The walk state of sample s, when a hand-over left one for it; else
+ * NULL (the walk starts from the sampled registers). */
+static __always_inline struct sonde_unwind_state *sonde_unwind_state_of(const struct sonde_sample *s)
+{
+	__u32 zero = 0;
+	struct sonde_unwind_state *st = bpf_map_lookup_elem(&unwind_state, &zero);
+
+	if (!st || st->time_ns != s->hdr.time_ns || st->tid != s->tid)
+		return NULL;
+	return st;
+}
+
+/*
+ * A native walker hands the frame at (pc, sp, bp) to the unwinder in slot,
+ * saying it takes the walk back in self_slot; exact: pc is the interrupted
+ * pc, not a return address. Returns only when it could not (no state,
+ * SONDE_MAX_HANDOVERS reached, an empty slot): the caller goes on alone.
+ */
+static __always_inline void sonde_hand_over(void *ctx, struct sonde_sample *s, __u32 slot,
+					    __u32 self_slot, __u64 pc, __u64 sp, __u64 bp,
+					    bool exact)
+{
+	__u32 zero = 0;
+	struct sonde_unwind_state *st = bpf_map_lookup_elem(&unwind_state, &zero);
+
+	if (!st || !self_slot)
+		return;
+	if (st->time_ns != s->hdr.time_ns || st->tid != s->tid) {
+		st->time_ns = s->hdr.time_ns;
+		st->tid = s->tid;
+		st->handovers = 0;
+		st->interp[0] = st->interp[1] = 0;
+	}
+	if (st->handovers >= SONDE_MAX_HANDOVERS)
+		return;
+	st->handovers++;
+	st->flags = exact ? SONDE_UNWIND_EXACT : 0;
+	st->pc = pc;
+	st->sp = sp;
+	st->bp = bp;
+	st->native_slot = self_slot;
+	bpf_tail_call(ctx, &unwinders, slot);
+	st->handovers--;
+}
+
+/* An interpreter's unwinder gives the walk back to the native walker, which
+ * goes on from the frame it handed over (written below the interpreter's
+ * frames). Returns only when it could not. */
+static __always_inline void sonde_hand_back(void *ctx, struct sonde_unwind_state *st)
+{
+	st->flags |= SONDE_UNWIND_RESUME;
+	bpf_tail_call(ctx, &unwinders, st->native_slot);
+	st->flags &= ~SONDE_UNWIND_RESUME;
 }
 
 struct sonde_fp_walk {

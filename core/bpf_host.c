@@ -446,10 +446,45 @@ int sonde_bpf_host__set_process(struct sonde_bpf_host *host, uint32_t pid, uint3
 void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid)
 {
 	bpf_map_delete_elem(bpf_map__fd(host->sample->maps.procs), &pid);
+	bpf_map_delete_elem(bpf_map__fd(host->sample->maps.handover), &pid);
 }
 
 void sonde_bpf_host__enable_tags(struct sonde_bpf_host *host)
 {
 	/* .bss is mmap'd by the skeleton: the sampler sees it at once */
 	host->sample->bss->sonde_tags_on = 1;
+}
+
+int sonde_bpf_host__set_handover(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot,
+				 const uint64_t *ranges, int n)
+{
+	int fd = bpf_map__fd(host->sample->maps.handover);
+	struct sonde_handover ho = { 0 }, old = { 0 };
+	uint32_t i;
+	int j;
+
+	if (slot == SONDE_UNWINDER_FP || slot >= SONDE_MAX_UNWINDERS || n < 0 ||
+	    (n && !ranges))
+		return -EINVAL;
+	if (bpf_map_lookup_elem(fd, &pid, &old))
+		old.n = 0;
+	for (i = 0; i < old.n && i < SONDE_MAX_HANDOVER_RANGES; i++)
+		if (old.ranges[i].slot != slot)
+			ho.ranges[ho.n++] = old.ranges[i];
+	for (j = 0; j < n; j++) {
+		if (ranges[2 * j] >= ranges[2 * j + 1])
+			return -EINVAL;
+		if (ho.n == SONDE_MAX_HANDOVER_RANGES)
+			return -ENOSPC;
+		ho.ranges[ho.n++] = (struct sonde_handover_range){
+			.start = ranges[2 * j], .end = ranges[2 * j + 1], .slot = slot };
+	}
+	if (!ho.n) {
+		if (bpf_map_delete_elem(fd, &pid) && errno != ENOENT)
+			return -errno;
+		return 0;
+	}
+	if (bpf_map_update_elem(fd, &pid, &ho, BPF_ANY))
+		return -errno;
+	return 0;
 }

@@ -67,12 +67,22 @@ int sonde_bpf_host__add_unwinder(struct sonde_bpf_host *host, int prog_fd);
  */
 int sonde_bpf_host__set_process(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot,
 				bool profiled);
-/* Forgets pid in the procs map (it exited). */
+/* Forgets pid in the procs and handover maps (it exited). */
 void sonde_bpf_host__forget_process(struct sonde_bpf_host *host, uint32_t pid);
 
 /* The shared map fds plugins reuse: "events", "stats", "scratch", "procs",
- * "unwinders". -ENOENT for another name. */
+ * "unwinders", "thread_tags", "handover", "unwind_state" (any map of the
+ * sampler's object, by name). -ENOENT for another name. */
 int sonde_bpf_host__map_fd(const struct sonde_bpf_host *host, const char *name);
+
+/*
+ * Replaces the hand-over ranges of unwinder slot in pid's entry of the
+ * handover map (abi.h) with the n ranges [ranges[2i], ranges[2i + 1]); n 0
+ * removes them. 0, -EINVAL, -ENOSPC (more than SONDE_MAX_HANDOVER_RANGES
+ * for the process), or -errno.
+ */
+int sonde_bpf_host__set_handover(struct sonde_bpf_host *host, uint32_t pid, uint32_t slot,
+				 const uint64_t *ranges, int n);
 
 /* From now on the sampler copies each thread's tag (thread_tags) into its
  * samples; a plugin asked for it (sonde_host_api.register_sample_tags). */

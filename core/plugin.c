@@ -256,6 +256,15 @@ static int host_register_sample_tags(struct sonde_host *h, const char *name,
 	return (int)id;
 }
 
+static int host_set_handover(struct sonde_host *h, uint32_t pid, const uint64_t *ranges, int n)
+{
+	if (!h->ps->bpf)
+		return -ENOTSUP;
+	if (h->unwinder_slot <= 0)
+		return -ENOENT;
+	return sonde_bpf_host__set_handover(h->ps->bpf, pid, (uint32_t)h->unwinder_slot, ranges, n);
+}
+
 static uint64_t *host_counter(struct sonde_host *h, const char *name, const char *help)
 {
 	struct counter *c;
@@ -450,6 +459,7 @@ static const struct sonde_host_api host_api = {
 	.publish = host_publish,
 	.process_status = host_process_status,
 	.register_sample_tags = host_register_sample_tags,
+	.set_handover = host_set_handover,
 };
 
 /* --- loading ----------------------------------------------------------------------------- */
@@ -1089,6 +1099,9 @@ void sonde_plugins__detach_process(struct sonde_plugins *ps, uint32_t pid)
 		}
 		if (d->attached && d->plugin->desc.detach_process)
 			d->plugin->desc.detach_process(d->plugin->state, pid);
+		if (d->attached && d->plugin->unwinder_slot > 0 && ps->bpf)
+			sonde_bpf_host__set_handover(ps->bpf, pid, (uint32_t)d->plugin->unwinder_slot,
+						     NULL, 0);
 		*pp = d->next;
 		free(d);
 		ps->ndecisions--;

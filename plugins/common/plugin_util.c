@@ -59,7 +59,9 @@ void plugin_strings_release(struct plugin_strings *ps)
 int plugin_reuse_core_maps(const struct sonde_host_api *api, struct sonde_host *host,
 			   struct bpf_object *obj)
 {
-	static const char *const shared[] = { "scratch", "stats", "events" };
+	static const char *const shared[] = {
+		"scratch", "stats", "events", "unwinders", "handover", "unwind_state",
+	};
 	struct bpf_map *map;
 	size_t i;
 	int fd, err;
@@ -139,6 +141,7 @@ int plugin_elf_dynsyms(const char *file, struct plugin_dynsym *want, size_t n,
 				if (strcmp(name, want[k].name) != 0)
 					continue;
 				want[k].addr = sym.st_value;
+				want[k].size = sym.st_size;
 				read_value(elf, &sym, &want[k]);
 			}
 		}

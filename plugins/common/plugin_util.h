@@ -32,9 +32,11 @@ void plugin_strings_release(struct plugin_strings *ps);
 
 /*
  * Before bpf_object__load(): makes the object's copies of the core's shared
- * maps ("scratch", "stats", "events": those it declares) the core's own, so
- * an unwinder fills the sample the sampler started and emits it into the
- * core's ringbuf. 0 or -errno.
+ * maps ("scratch", "stats", "events", "unwinders", "handover",
+ * "unwind_state": those it declares) the core's own, so an unwinder fills
+ * the sample the sampler started, emits it into the core's ringbuf and can
+ * hand the walk over to another unwinder and back. A core without one of
+ * them (an older sonded) gets -ENOENT. 0 or -errno.
  */
 int plugin_reuse_core_maps(const struct sonde_host_api *api, struct sonde_host *host,
 			   struct bpf_object *obj);
@@ -50,6 +52,7 @@ int plugin_percpu_sums(int map_fd, uint32_t nkeys, uint64_t *out);
 struct plugin_dynsym {
 	const char *name;
 	uint64_t addr;   /* out: its file vaddr; 0 when missing */
+	uint64_t size;   /* out: its st_size */
 	uint32_t value;  /* out: the first 4 bytes of its data in the file ... */
 	bool has_value;  /* ... when the file holds them (not .bss) */
 };

@@ -65,7 +65,14 @@ struct walk {
 	__u32 tgid;
 	__u32 cfi, fp; /* frames stepped each way, counted once at the end */
 	struct sonde_stack_window *win;
+	const struct sonde_handover *ho; /* the process's hand-over ranges, or NULL */
+	__u32 handover;			 /* the slot the walk stopped for (0: none) */
+	bool exact;			 /* pc is the interrupted pc, not a return address */
 };
+
+/* This program's slot in the core's unwinders array, set by userspace once
+ * the host gave it: an interpreter's unwinder hands the walk back there. */
+__u32 self_slot = 0;
 
 static __always_inline void stat_add(__u32 stat, __u64 n)
 {
@@ -221,6 +228,11 @@ static __always_inline int step(struct walk *w, __u32 i)
 	__u32 k = w->k, key;
 	long row;
 
+	if (w->ho) {
+		w->handover = sonde_handover_slot(w->ho, w->pc, w->sp, w->s->hdr.time_ns);
+		if (w->handover)
+			return SONDE_UNW_HANDOVERS;
+	}
 	if (w->n >= SONDE_MAX_USTACK || sonde_put_frame(w->s, k, w->pc))
 		return SONDE_UNW_STOP_FRAME_LIMIT;
 	w->k = k + 1;
@@ -241,7 +253,7 @@ static __always_inline int step(struct walk *w, __u32 i)
 		return step_fp(w) ? SONDE_UNW_STOP_NO_MAPPING : -1;
 	}
 	/* A return address points after the call; the call is what ran. */
-	addr = w->pc - m->bias - (i ? 1 : 0);
+	addr = w->pc - m->bias - (w->exact ? 0 : 1);
 	row = row_index(m, addr);
 	key = (__u32)row;
 	r = row < 0 ? NULL : bpf_map_lookup_elem(&unw_rows, &key);
@@ -290,62 +302,108 @@ static long step_cb(__u32 i, void *ctx)
 	struct walk *w = ctx;
 	int end = step(w, i);
 
-	if (end < 0)
+	if (end < 0) {
+		w->exact = false; /* every frame after the first: a return address */
 		return 0;
+	}
 	w->end = end;
 	return 1;
+}
+
+/* Counts how the walk ended and fills in the sample's user part. */
+static __always_inline void finish(struct walk *w)
+{
+	struct sonde_sample *s = w->s;
+
+	stat_inc(w->end);
+	s->ustack_len = w->n;
+	if (w->end == SONDE_UNW_STOP_FRAME_LIMIT) {
+		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
+		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
+	} else if (w->end > SONDE_UNW_END_KTHREAD) {
+		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
+		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
+	}
+}
+
+/*
+ * Where the walk starts: the sampled registers, or, when an interpreter's
+ * unwinder handed the walk back, the frame it was handed (written after the
+ * interpreter's frames, which ran in it, and not handed over again). 0, or
+ * -1 when the sample is to be sent as it is.
+ */
+static __always_inline int start(struct bpf_perf_event_data *ctx, struct walk *w)
+{
+	struct sonde_sample *s = w->s;
+	struct sonde_unwind_state *st = sonde_unwind_state_of(s);
+	struct sonde_user_regs regs;
+
+	if (st && (st->flags & SONDE_UNWIND_RESUME)) {
+		st->flags &= ~SONDE_UNWIND_RESUME;
+		w->pc = st->pc;
+		w->sp = st->sp;
+		w->bp = st->bp;
+		w->exact = st->flags & SONDE_UNWIND_EXACT;
+		w->n = s->ustack_len;
+		w->k = s->kstack_len + s->ustack_len;
+		return 0;
+	}
+	switch (sonde_user_regs(ctx, s, &regs)) {
+	case SONDE_REGS_KTHREAD:
+		stat_inc(SONDE_UNW_END_KTHREAD);
+		s->ustack_len = 0;
+		return -1;
+	case SONDE_REGS_READ_FAILED:
+		stat_inc(SONDE_UNW_STOP_READ_FAILED);
+		s->ustack_len = 0;
+		return -1;
+	}
+	w->pc = regs.ip;
+	w->sp = regs.sp;
+	w->bp = regs.bp;
+	w->exact = true;
+	w->k = s->kstack_len;
+	return 0;
 }
 
 SEC("perf_event")
 int unwind_native(struct bpf_perf_event_data *ctx)
 {
 	struct sonde_sample *s = sonde_scratch();
-	struct sonde_user_regs regs;
 	struct walk w = {0};
 	__u64 t0;
 
 	if (!s)
 		return 0;
-	switch (sonde_user_regs(ctx, s, &regs)) {
-	case SONDE_REGS_KTHREAD:
-		stat_inc(SONDE_UNW_END_KTHREAD);
-		s->ustack_len = 0;
+	w.s = s;
+	w.tgid = s->hdr.pid;
+	if (start(ctx, &w))
 		return sonde_sample_emit(s);
-	case SONDE_REGS_READ_FAILED:
-		stat_inc(SONDE_UNW_STOP_READ_FAILED);
-		s->ustack_len = 0;
-		return sonde_sample_emit(s);
-	}
 	w.win = sonde_stack_window();
 	if (!w.win)
 		return sonde_sample_emit(s);
-	w.s = s;
-	w.tgid = s->hdr.pid;
-	w.k = s->kstack_len;
-	w.pc = regs.ip;
-	w.sp = regs.sp;
-	w.bp = regs.bp;
 	w.proc = bpf_map_lookup_elem(&unw_procs, &w.tgid);
 	if (!w.proc) {
 		stat_inc(SONDE_UNW_STOP_NO_PROC);
-		return sonde_unwind_fp(ctx, s);
+		return s->ustack_len ? sonde_sample_emit(s) : sonde_unwind_fp(ctx, s);
 	}
+	w.ho = bpf_map_lookup_elem(&handover, &w.tgid);
 	w.end = SONDE_UNW_STOP_FRAME_LIMIT;
 	/* the walk's own cost, for bench/unwind-native: bpf_stats only see
 	 * the core's program, every process's samples mixed */
 	t0 = bpf_ktime_get_ns();
 	bpf_loop(SONDE_MAX_USTACK, step_cb, &w, 0);
-	stat_inc(w.end);
 	stat_add(SONDE_UNW_FRAMES_CFI, w.cfi);
 	stat_add(SONDE_UNW_FRAMES_FP, w.fp);
 	stat_add(SONDE_UNW_WALK_NS, bpf_ktime_get_ns() - t0);
-	s->ustack_len = w.n;
-	if (w.end == SONDE_UNW_STOP_FRAME_LIMIT) {
-		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
-		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
-	} else if (w.end > SONDE_UNW_END_KTHREAD) {
-		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
-		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
+	if (w.handover) {
+		stat_inc(SONDE_UNW_HANDOVERS);
+		s->ustack_len = w.n;
+		sonde_hand_over(ctx, s, w.handover, self_slot, w.pc, w.sp, w.bp, w.exact);
+		/* not taken (SONDE_MAX_HANDOVERS reached, an empty slot): the
+		 * sample goes with the frames so far */
+		w.end = SONDE_UNW_STOP_HANDOVER_FAILED;
 	}
+	finish(&w);
 	return sonde_sample_emit(s);
 }

@@ -795,6 +795,8 @@ static const char *const stat_names[SONDE_UNW_STAT__COUNT] = {
 	[SONDE_UNW_FRAMES_FP] = "frame_pointer",
 	[SONDE_UNW_RESCAN_REQUESTS] = "rescan_requests",
 	[SONDE_UNW_WALK_NS] = "walk_ns",
+	[SONDE_UNW_HANDOVERS] = "handovers",
+	[SONDE_UNW_STOP_HANDOVER_FAILED] = "handover_failed",
 };
 
 static int native_metrics(void *state, FILE *out)
@@ -834,6 +836,8 @@ static int native_metrics(void *state, FILE *out)
 	for (i = SONDE_UNW_STOP_NO_PROC; i <= SONDE_UNW_STOP__LAST; i++)
 		fprintf(out, "sonde_unwind_native_stops_total{reason=\"%s\"} %" PRIu64 "\n",
 			stat_names[i], sums[i]);
+	fprintf(out, "sonde_unwind_native_stops_total{reason=\"%s\"} %" PRIu64 "\n",
+		stat_names[SONDE_UNW_STOP_HANDOVER_FAILED], sums[SONDE_UNW_STOP_HANDOVER_FAILED]);
 	fprintf(out, "# HELP sonde_unwind_native_complete_total DWARF stack walks that reached the "
 		     "outermost frame, by how they knew.\n"
 		     "# TYPE sonde_unwind_native_complete_total counter\n");
@@ -853,11 +857,16 @@ static int native_metrics(void *state, FILE *out)
 		"sonde_unwind_native_walk_seconds_total %.9f\n",
 		(double)sums[SONDE_UNW_WALK_NS] / 1e9);
 	fprintf(out,
+		"# HELP sonde_unwind_native_handovers_total Frames the walker handed to an "
+		"interpreter's unwinder (Python, JVM), which wrote its own frames in their "
+		"place.\n"
+		"# TYPE sonde_unwind_native_handovers_total counter\n"
+		"sonde_unwind_native_handovers_total %" PRIu64 "\n"
 		"# HELP sonde_unwind_native_rescans_total Rescans of a process's mappings "
 		"after the walker met an unknown pc.\n"
 		"# TYPE sonde_unwind_native_rescans_total counter\n"
 		"sonde_unwind_native_rescans_total %" PRIu64 "\n",
-		u->rescans);
+		sums[SONDE_UNW_HANDOVERS], u->rescans);
 	fprintf(out,
 		"# HELP sonde_unwind_native_tables Unwind tables loaded.\n"
 		"# TYPE sonde_unwind_native_tables gauge\n"
@@ -1026,6 +1035,7 @@ static void *native_init(const struct sonde_host_api *api, struct sonde_host *ho
 		snprintf(err, errlen, "no unwinder slot: %s", strerror(-slot));
 		goto fail;
 	}
+	u->skel->bss->self_slot = (uint32_t)slot; /* interpreters hand walks back here */
 	rc = start_worker(u);
 	if (rc) {
 		snprintf(err, errlen, "cannot start the table worker: %s", strerror(-rc));

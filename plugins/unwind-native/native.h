@@ -112,6 +112,9 @@ enum sonde_unw_stat {
 	SONDE_UNW_FRAMES_FP,	   /* frames stepped with rbp, where no row applied */
 	SONDE_UNW_RESCAN_REQUESTS, /* unknown mappings reported to userspace */
 	SONDE_UNW_WALK_NS,	   /* ns spent in walks with a table (the emit excluded) */
+	SONDE_UNW_HANDOVERS,	   /* frames handed to an interpreter's unwinder (abi.h) */
+	SONDE_UNW_STOP_HANDOVER_FAILED, /* an early stop: the hand-over could not be made
+					   (too many in one sample, or an empty slot) */
 	SONDE_UNW_STAT__COUNT,
 };
 

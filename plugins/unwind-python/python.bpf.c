@@ -148,17 +148,25 @@ struct {
 	__type(value, struct py_code_slot);
 } py_code SEC(".maps");
 
+/* Where a walk is; no pointers in it, so that walk_one() can be global. */
+struct walk_at {
+	__u64 now;
+	__u64 win_base; /* user address of win->bytes[0]; 0: empty */
+	__u64 win_len;
+	__u64 frame;
+	__u32 hits;  /* first lines from py_code */
+	__u32 base;  /* where the Python words go in s->frames */
+	__u32 words; /* Python words written from there */
+	__u32 err;
+	__u32 one_call; /* stop after the entry frame of the innermost eval call */
+	__u32 pad;
+};
+
 struct walk {
 	struct sonde_sample *s;
 	const struct py_proc *p;
 	struct py_window *win;
-	__u64 now;
-	__u32 hits; /* first lines from py_code */
-	__u64 win_base; /* user address of win->bytes[0]; 0: empty */
-	__u64 win_len;
-	__u64 frame;
-	__u32 words; /* Python words written after the kernel part */
-	__u32 err;
+	struct walk_at at;
 };
 
 /* The word at off in a frame head; off is 8-aligned and below
@@ -168,16 +176,20 @@ static __always_inline __u64 head_word(const __u8 *head, __u32 off)
 	return *(const __u64 *)(head + (off & (PY_FRAME_HEAD - 8)));
 }
 
-/* One Python frame: 0 to go on, 1 at the end (or on an error, in w->err). */
-static __always_inline long walk_one(struct walk *w)
+/*
+ * One Python frame: 0 to go on, 1 at the end (or on an error, in w->err).
+ * Global, so that the verifier checks it once: inlined, 6.1's verifier
+ * went through it again in each of the walk's PY_MAX_FRAMES iterations.
+ */
+__noinline long walk_one(struct sonde_sample *s, const struct py_proc *p, struct py_window *win,
+			 struct walk_at *w)
 {
-	const struct py_proc *p = w->p;
-	__u64 code, instr, word, *f, off, lo;
+	__u64 code, instr, word, off, lo;
 	__u32 first = 0, idx, slot;
 	struct py_code_slot *c;
 	const __u8 *head;
 
-	if (!w->frame)
+	if (!s || !p || !win || !w || !w->frame)
 		return 1;
 	/* Reads are most of a frame's cost: the frame's head (code, previous,
 	 * instruction) comes from the window, read again only when the frame
@@ -194,14 +206,14 @@ static __always_inline long walk_one(struct walk *w)
 		 * also keeps 6.1's verifier, which refused the masked one, happy */
 		w->win_len = PY_WINDOW;
 		w->win_base = 0;
-		if (bpf_probe_read_user(w->win->bytes, PY_WINDOW, (const void *)lo)) {
+		if (bpf_probe_read_user(win->bytes, PY_WINDOW, (const void *)lo)) {
 			w->err = PY_ERR_READ;
 			return 1;
 		}
 		w->win_base = lo;
 		off = w->frame - lo;
 	}
-	head = w->win->bytes + (off & (PY_WINDOW - 1));
+	head = win->bytes + (off & (PY_WINDOW - 1));
 	code = head_word(head, p->fr_code);
 	instr = head_word(head, p->fr_instr);
 	if (!code) {
@@ -210,7 +222,7 @@ static __always_inline long walk_one(struct walk *w)
 	}
 	slot = (__u32)((code >> 4) ^ (code >> 14)) & (PY_CODE_SLOTS - 1);
 	c = bpf_map_lookup_elem(&py_code, &slot);
-	if (c && c->code == code && c->tgid == w->s->hdr.pid && w->now < c->expires) {
+	if (c && c->code == code && c->tgid == s->hdr.pid && w->now < c->expires) {
 		first = c->first;
 		w->hits++;
 	} else if (bpf_probe_read_user(&first, sizeof(first),
@@ -219,20 +231,23 @@ static __always_inline long walk_one(struct walk *w)
 		return 1;
 	} else if (c) {
 		c->code = code;
-		c->tgid = w->s->hdr.pid;
+		c->tgid = s->hdr.pid;
 		c->first = first;
 		c->expires = w->now + PY_CODE_TTL_NS;
 	}
-	idx = w->s->kstack_len + w->words;
-	if (idx > SONDE_MAX_FRAMES - 2)
+	idx = w->base + w->words;
+	if (w->words + 2 > SONDE_MAX_USTACK)
 		return 1;
 	word = (py_kind << SONDE_FRAME_KIND_SHIFT) | ((__u64)(first & 0xffffff) << 32) |
 	       (__u32)(instr - code);
-	f = &w->s->frames[idx]; /* one bounded index for both words */
-	f[0] = word;
-	f[1] = code;
+	if (sonde_put_frame(s, idx, word) || sonde_put_frame(s, idx + 1, code))
+		return 1;
 	w->words += 2;
 	w->frame = head_word(head, p->fr_previous);
+	/* the frame an eval call started with: the ones below run in
+	 * another call, further down the native stack */
+	if (w->one_call && head[p->fr_is_entry & (PY_FRAME_HEAD - 1)])
+		return 1;
 	return 0;
 }
 
@@ -291,56 +306,94 @@ static __always_inline void native_walk(struct bpf_perf_event_data *ctx, struct 
 	}
 }
 
+/* Writes the Python frames from w->at.frame down (all of them, or those
+ * of one eval call), timed and counted. */
+static __always_inline void walk_frames(struct walk *w)
+{
+	__u64 t0 = bpf_ktime_get_ns();
+
+	w->at.now = t0;
+	/* A bounded loop, not bpf_loop(): no call per frame (10% of a frame's
+	 * time in bench/unwind-python). */
+	for (__u32 i = 0; i < PY_MAX_FRAMES; i++)
+		if (walk_one(w->s, w->p, w->win, &w->at))
+			break;
+	if (w->at.err)
+		py_error(w->at.err);
+	else if (w->at.frame && !w->at.one_call)
+		py_error(PY_ERR_TRUNCATED);
+	py_walk_add(PY_WALK_NS, bpf_ktime_get_ns() - t0);
+	py_walk_add(PY_WALK_RUNS, 1);
+	py_walk_add(PY_WALK_FRAMES, w->at.words / 2);
+	py_walk_add(PY_WALK_CODE_HITS, w->at.hits);
+}
+
+/* The thread's innermost interpreter frame, or 0 (counted). */
+static __always_inline __u64 current_frame(const struct py_proc *p, __u32 tid)
+{
+	__u64 tstate = py_tstate(p, tid), cframe, frame;
+	int err = 0;
+
+	if (!tstate) {
+		py_error(PY_ERR_NO_TSTATE);
+		return 0;
+	}
+	cframe = read_u64(tstate + p->ts_cframe, &err);
+	frame = cframe && !err ? read_u64(cframe + p->cf_frame, &err) : 0;
+	if (err) {
+		py_error(PY_ERR_READ);
+		return 0;
+	}
+	return frame;
+}
+
 SEC("perf_event")
 int unwind_python(struct bpf_perf_event_data *ctx)
 {
 	struct sonde_sample *s = sonde_scratch();
+	struct sonde_unwind_state *st;
 	struct walk w = {};
-	const struct py_proc *p;
-	__u64 cframe, t0;
 	__u32 zero = 0;
-	int err = 0;
 
 	if (!s)
 		return 0;
 	w.s = s;
-	p = bpf_map_lookup_elem(&py_procs, &s->hdr.pid);
-	if (!p) {
-		py_error(PY_ERR_NO_PROC);
-		goto native;
-	}
-	w.p = p;
+	w.p = bpf_map_lookup_elem(&py_procs, &s->hdr.pid);
 	w.win = bpf_map_lookup_elem(&py_window, &zero);
-	if (!w.win)
-		goto native;
-	t0 = bpf_ktime_get_ns();
-	w.now = t0;
-	w.frame = py_tstate(p, s->tid);
-	if (!w.frame) {
-		py_error(PY_ERR_NO_TSTATE);
-		goto timed;
+	/*
+	 * Handed a frame of _PyEval_EvalFrameDefault by a native walker: the
+	 * Python frames of that eval call go here, then the walk goes back.
+	 * st->interp[0] is where the next eval call's frames start (0: at the
+	 * thread's current frame; 1: none left). Otherwise every Python frame,
+	 * then the frame-pointer walk. One walk_frames() call site: 6.1's
+	 * verifier checks its bounded loop once per site.
+	 */
+	st = sonde_unwind_state_of(s);
+	if (st && (!st->native_slot || (st->flags & SONDE_UNWIND_RESUME)))
+		st = NULL;
+	if (!w.p)
+		py_error(PY_ERR_NO_PROC);
+	if (st) {
+		w.at.base = s->kstack_len + s->ustack_len;
+		w.at.one_call = 1;
+		if (st->interp[0] > 1)
+			w.at.frame = st->interp[0];
+		else if (!st->interp[0] && w.p)
+			w.at.frame = current_frame(w.p, s->tid);
+	} else if (w.p) {
+		w.at.base = s->kstack_len;
+		w.at.frame = current_frame(w.p, s->tid);
 	}
-	cframe = read_u64(w.frame + p->ts_cframe, &err);
-	w.frame = cframe && !err ? read_u64(cframe + p->cf_frame, &err) : 0;
-	if (err) {
-		py_error(PY_ERR_READ);
-		goto timed;
+	if (w.at.frame && w.p && w.win)
+		walk_frames(&w);
+	if (!st) {
+		native_walk(ctx, s, w.at.words);
+		return sonde_sample_emit(s);
 	}
-	/* A bounded loop, not bpf_loop(): no call per frame (10% of a frame's
-	 * time in bench/unwind-python). */
-	for (__u32 i = 0; i < PY_MAX_FRAMES; i++)
-		if (walk_one(&w))
-			break;
-	if (w.err)
-		py_error(w.err);
-	else if (w.frame)
-		py_error(PY_ERR_TRUNCATED);
-timed:
-	py_walk_add(PY_WALK_NS, bpf_ktime_get_ns() - t0);
-	py_walk_add(PY_WALK_RUNS, 1);
-	py_walk_add(PY_WALK_FRAMES, w.words / 2);
-	py_walk_add(PY_WALK_CODE_HITS, w.hits);
-native:
-	native_walk(ctx, s, w.words);
+	st->interp[0] = w.at.frame && !w.at.err ? w.at.frame : 1;
+	s->ustack_len += w.at.words;
+	sonde_hand_back(ctx, st);
+	/* the native walker could not be called back: send what there is */
+	s->flags |= SONDE_SAMPLE_USTACK_ERROR;
 	return sonde_sample_emit(s);
 }

@@ -40,7 +40,7 @@ struct py_layout {
 	uint32_t rt_tss_key;	/* _PyRuntime.gilstate.autoTSSkey._key */
 	uint32_t rt_gil_tstate; /* _PyRuntime.gilstate.tstate_current */
 	uint32_t ts_cframe, ts_thread_id, cf_frame;
-	uint32_t fr_code, fr_previous, fr_instr;
+	uint32_t fr_code, fr_previous, fr_instr, fr_is_entry;
 	uint32_t co_firstlineno, co_filename, co_qualname, co_linetable, co_code;
 	uint32_t str_length, str_state, str_ascii_data, str_utf8_length, str_utf8, str_data;
 	uint32_t bytes_size, bytes_data;
@@ -56,6 +56,7 @@ static const struct py_layout layouts[] = {
 	 .fr_code = 32,
 	 .fr_previous = 48,
 	 .fr_instr = 56,
+	 .fr_is_entry = 68,
 	 .co_firstlineno = 72,
 	 .co_filename = 112,
 	 .co_qualname = 128,
@@ -388,7 +389,7 @@ static int find_interpreter(uint32_t pid, char *path, size_t pathlen, int *minor
 	return ret;
 }
 
-/* The walker reads these three in one PY_FRAME_HEAD-byte read. */
+/* The walker reads these in one PY_FRAME_HEAD-byte read. */
 static bool frame_head_fits(const struct py_layout *l)
 {
 	const uint32_t offs[] = {l->fr_code, l->fr_previous, l->fr_instr};
@@ -397,11 +398,12 @@ static bool frame_head_fits(const struct py_layout *l)
 	for (i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
 		if (offs[i] % 8 || offs[i] + 8 > PY_FRAME_HEAD)
 			return false;
-	return true;
+	return l->fr_is_entry < PY_FRAME_HEAD;
 }
 
 struct syms {
 	uint64_t runtime, code_type;
+	uint64_t eval, eval_size; /* _PyEval_EvalFrameDefault: where frames hand over */
 	uint32_t version;
 	bool has_version;
 	uint64_t base_vaddr; /* p_vaddr - p_offset of the segment at file offset 0 */
@@ -411,7 +413,8 @@ static int read_syms(const char *file, struct syms *s)
 {
 	struct plugin_dynsym want[] = { { .name = "_PyRuntime" },
 					{ .name = "PyCode_Type" },
-					{ .name = "Py_Version" } };
+					{ .name = "Py_Version" },
+					{ .name = "_PyEval_EvalFrameDefault" } };
 	int ret;
 
 	memset(s, 0, sizeof(*s));
@@ -422,7 +425,30 @@ static int read_syms(const char *file, struct syms *s)
 	s->code_type = want[1].addr;
 	s->version = want[2].value;
 	s->has_version = want[2].has_value;
+	s->eval = want[3].addr;
+	s->eval_size = want[3].size;
 	return s->runtime && s->code_type ? 0 : -ENOENT;
+}
+
+/*
+ * Where a native walker (unwind-native) hands frames over to this plugin's
+ * walker: the eval loop. Without it (a sonded before host ABI 1.4, no
+ * symbol, no room) the Python frames still come, before the native ones.
+ */
+static void set_handover(struct py *py, uint32_t pid, const struct syms *s, uint64_t bias)
+{
+	const struct sonde_host_api *api = py->api;
+	uint64_t range[2] = { bias + s->eval, bias + s->eval + s->eval_size };
+	int rc;
+
+	if (api->size < offsetof(struct sonde_host_api, set_handover) + sizeof(api->set_handover) ||
+	    !s->eval || !s->eval_size)
+		return;
+	rc = api->set_handover(py->host, pid, range, 1);
+	if (rc)
+		api->log(py->host, SONDE_PLUGIN_LOG_WARN,
+			 "pid %u: Python frames will not be merged with native ones: %s", pid,
+			 strerror(-rc));
 }
 
 static int py_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
@@ -484,6 +510,7 @@ static int py_attach(void *state, const struct sonde_plugin_process *proc, char 
 		.fr_previous = l->fr_previous,
 		.fr_instr = l->fr_instr,
 		.co_firstlineno = l->co_firstlineno,
+		.fr_is_entry = l->fr_is_entry,
 	};
 	p = find_proc(py, proc->pid);
 	if (!p) {
@@ -501,6 +528,7 @@ static int py_attach(void *state, const struct sonde_plugin_process *proc, char 
 		snprintf(reason, reasonlen, "py_procs: %s", strerror(-rc));
 		return rc;
 	}
+	set_handover(py, proc->pid, &s, bias);
 	py->api->log(py->host, SONDE_PLUGIN_LOG_DEBUG, "pid %u: python 3.%d (%s), bias 0x%" PRIx64,
 		     proc->pid, minor, path, bias);
 	return 0;

@@ -9,6 +9,13 @@
  * bits) << 32 | byte offset of the frame's instruction pointer from its code
  * object (32 bits); payload = the code object's address. firstlineno lets
  * userspace notice a code object freed and replaced at the same address.
+ *
+ * Two ways to run: as a process's first unwinder, the walker writes every
+ * Python frame of the thread, then the frame-pointer walk of the native
+ * stack. Handed a frame of _PyEval_EvalFrameDefault by a native walker
+ * (unwind-native; abi.h, the interpreter hand-over), it writes the Python
+ * frames that eval call runs (down to its entry frame) and hands the walk
+ * back, so the Python frames sit in place among the native ones.
  */
 #ifndef SONDE_UNWIND_PYTHON_H
 #define SONDE_UNWIND_PYTHON_H
@@ -16,9 +23,9 @@
 #define PY_MAX_FRAMES 48 /* Python frames per sample: 96 of the 127 user words */
 #define PY_MAX_PROCS  4096
 /* The walker reads the head of each interpreter frame in one read of this
- * many bytes: fr_code, fr_previous and fr_instr are 8-aligned and below it
- * (3.11 to 3.13 put them in the first 64 bytes). */
-#define PY_FRAME_HEAD 64
+ * many bytes: fr_code, fr_previous and fr_instr are 8-aligned and below it,
+ * and so is the byte fr_is_entry (3.11: 68). A power of two. */
+#define PY_FRAME_HEAD 128
 
 /* Value of py_procs (key: tgid). */
 struct py_proc {
@@ -34,6 +41,9 @@ struct py_proc {
 	__u32 fr_previous;  /* _PyInterpreterFrame.previous */
 	__u32 fr_instr;	    /* _PyInterpreterFrame.prev_instr */
 	__u32 co_firstlineno;
+	__u32 fr_is_entry;  /* _PyInterpreterFrame.is_entry (a byte): the first frame
+			       of an _PyEval_EvalFrameDefault call (3.11) */
+	__u32 pad;
 };
 
 enum py_error {

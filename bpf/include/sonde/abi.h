@@ -93,6 +93,56 @@ _Static_assert(sizeof(struct sonde_sample) == SONDE_SAMPLE_HDR_SIZE + 8 * SONDE_
 #define SONDE_TAG_VALUE_MASK ((1ULL << SONDE_TAG_PROVIDER_SHIFT) - 1)
 #define SONDE_MAX_THREAD_TAGS 16384 /* threads tagged at once, node-wide */
 
+/*
+ * Interpreter hand-over: the native walker (a plugin's, e.g. unwind-native)
+ * walks a process's stack; where a frame's pc lies in a range an
+ * interpreter plugin registered (its eval loop, its JIT code), it stops,
+ * leaves where it was in the per-CPU `unwind_state`, and tail-calls that
+ * plugin's slot, which writes its own frames (those that ran in that native
+ * frame, which follows them) and tail-calls the native walker back
+ * (`unwind_state.native_slot`). The
+ * `handover` map (key: tgid) holds every range of the process, the core
+ * keeps it from what the plugins set (host API set_handover).
+ */
+#define SONDE_MAX_HANDOVER_RANGES 8
+#define SONDE_MAX_HANDOVERS 8 /* per sample: two tail calls each, 33 at most in all */
+
+struct sonde_handover_range {
+	__u64 start; /* first address */
+	__u64 end;   /* one past the last */
+	__u32 slot;  /* the unwinder slot that takes over there */
+	__u32 pad;
+};
+
+struct sonde_handover {
+	__u32 n; /* ranges used, from the first */
+	__u32 pad;
+	struct sonde_handover_range ranges[SONDE_MAX_HANDOVER_RANGES];
+};
+_Static_assert(sizeof(struct sonde_handover) == 8 + 24 * SONDE_MAX_HANDOVER_RANGES,
+	       "struct sonde_handover layout");
+
+/* unwind_state.flags */
+#define SONDE_UNWIND_RESUME (1U << 0) /* the native walker takes back at pc, sp, bp */
+#define SONDE_UNWIND_EXACT (1U << 1)  /* pc is the interrupted pc, not a return address */
+
+/*
+ * Where a walk is, across tail calls (per CPU). It belongs to the sample
+ * whose hdr.time_ns and tid it holds; anything else is a stale state. The
+ * frame handed over is written by the native walker when it takes the walk
+ * back, below the interpreter's frames that ran in it.
+ */
+struct sonde_unwind_state {
+	__u64 time_ns; /* the sample's hdr.time_ns */
+	__u32 tid;     /* and its tid */
+	__u32 flags;   /* SONDE_UNWIND_* */
+	__u64 pc, sp, bp;    /* the native frame handed over */
+	__u32 native_slot;   /* the walker to hand back to */
+	__u32 handovers;     /* so far in this sample */
+	__u64 interp[2];     /* the interpreter walker's own cursor (0: start) */
+};
+_Static_assert(sizeof(struct sonde_unwind_state) == 64, "struct sonde_unwind_state layout");
+
 /* sched_process_exec. filename as the tracepoint gives it; args is the
  * NUL-separated argv, args_len bytes of it (it may be cut). */
 struct sonde_exec_event {

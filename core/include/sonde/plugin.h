@@ -28,7 +28,7 @@
 
 #define SONDE_PLUGIN_MAGIC 0x736f6e64u /* "sond" */
 #define SONDE_PLUGIN_ABI_MAJOR 1
-#define SONDE_PLUGIN_ABI_MINOR 3
+#define SONDE_PLUGIN_ABI_MINOR 4
 #define SONDE_PLUGIN_SYMBOL "sonde_plugin"
 
 struct sonde_host; /* the core, opaque to plugins */
@@ -98,7 +98,9 @@ struct sonde_host_api {
 	 * bpf_map__reuse_fd() before the plugin loads its object: "events"
 	 * (ringbuf), "stats", "scratch" (the per-CPU sample being built),
 	 * "procs" (pid -> first unwinder), "unwinders" (PROG_ARRAY),
-	 * "thread_tags" (tid -> tag, bpf/thread_tags.bpf.h; ABI 1.3).
+	 * "thread_tags" (tid -> tag, bpf/thread_tags.bpf.h; ABI 1.3),
+	 * "handover" and "unwind_state" (the interpreter hand-over,
+	 * abi.h and bpf/sample.bpf.h; ABI 1.4).
 	 * -ENOENT for another name.
 	 */
 	int (*map_fd)(struct sonde_host *host, const char *name);
@@ -171,6 +173,19 @@ struct sonde_host_api {
 	 */
 	int (*register_sample_tags)(struct sonde_host *host, const char *name,
 				    sonde_plugin_tag_fn fn);
+
+	/* ABI 1.4 (check size before use): */
+
+	/*
+	 * Where the plugin's unwinder takes over from a native walker in pid
+	 * (bpf/include/sonde/abi.h, the interpreter hand-over): n address
+	 * ranges [ranges[2i], ranges[2i + 1]), its eval loop or its JIT code;
+	 * they replace the plugin's earlier ones for pid, n 0 clears them. The
+	 * core clears them when the process goes or the plugin is detached
+	 * from it. 0, or -errno (-ENOENT: the plugin registered no unwinder;
+	 * -ENOSPC: the process has too many ranges).
+	 */
+	int (*set_handover)(struct sonde_host *host, uint32_t pid, const uint64_t *ranges, int n);
 };
 
 /* A plugin setting, declared by the plugin and filled from the script. */
