@@ -12,3 +12,12 @@ http { listen = "127.0.0.1:7470" }
 
 -- Keep one pprof file per window on disk:
 -- output { dir = "/var/lib/sonde/profiles" }
+
+-- HTTP/1.x RED metrics (http_server_request_duration_seconds, ... on
+-- /metrics) for every process that listens on TCP: those listening when
+-- sonded starts and those that accept a connection later, whatever the
+-- script chooses below. Not required: sonded starts without the plugin
+-- (and says why) when it is missing or cannot load on this kernel.
+-- plugins/red-metrics/README.md lists its settings (listen_ports to watch
+-- some ports only, routes for route patterns, series_ttl_s).
+plugin "red-metrics" { watch = "listeners" }

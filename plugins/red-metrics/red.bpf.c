@@ -22,15 +22,36 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* The tgids the script gave the plugin, a bitmap (bit tgid % 64 of word
- * tgid / 64) kept by userspace: an array lookup is inlined by the verifier,
- * so the common path (a process nobody asked about) costs a few loads. */
+/* The tgids watched, a bitmap (bit tgid % 64 of word tgid / 64): those the
+ * script gave the plugin, their forked children and (watch = "listeners")
+ * the processes that accept TCP connections. An array lookup is inlined by
+ * the verifier, so the common path (a process nobody asked about) costs a
+ * few loads. Userspace maps it to flip its bits atomically, as BPF does. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, RED_TARGET_WORDS);
 	__type(key, __u32);
 	__type(value, __u64);
 } targets SEC(".maps");
+
+/* watch = "listeners": the processes watched because they accept TCP
+ * connections (found at accept, or by userspace at start); their bit goes
+ * at their exit. One entry when the plugin does not watch listeners. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} listeners SEC(".maps");
+
+/* The ports of listen_ports, a bitmap like targets; unused with listen_any. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RED_PORT_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} listen_ports SEC(".maps");
 
 struct conn_key {
 	__u32 tgid;
@@ -182,6 +203,13 @@ const volatile __u64 wakeup_bytes = 0;
  * Set before load. */
 const volatile __u64 tag_provider = 0;
 
+/* watch = "listeners": watch processes that accept TCP connections. */
+const volatile __u8 watch_listeners = 0;
+/* With watch_listeners: any local port, or only those of listen_ports. */
+const volatile __u8 listen_any = 1;
+/* sonded itself, never watched as a listener. */
+const volatile __u32 self_tgid = 0;
+
 static __always_inline __u64 exchange_tag(const struct red_conn *c)
 {
 	return tag_provider << SONDE_TAG_PROVIDER_SHIFT | (c->start & RED_TAG_MASK);
@@ -303,26 +331,41 @@ static __always_inline void flush(struct red_conn *c, const struct conn_key *key
 #define RED_S_IFMT   00170000
 #define RED_S_IFSOCK 0140000
 
-/* The local port of the socket behind fd, through the task's file table
- * (works on every kernel with BTF, no sock_* tracepoint needed); 0 when fd
- * is not a socket. */
-static __always_inline __u16 local_port(__u32 fd)
+/* The socket behind fd, through the task's file table (works on every
+ * kernel with BTF, no sock_* tracepoint needed); NULL when fd is not a
+ * socket. */
+static __always_inline struct sock *sock_of(__u32 fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *f = NULL;
 	struct socket *sock;
-	struct sock *sk;
 
 	if (fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
+		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & RED_S_IFMT) != RED_S_IFSOCK)
-		return 0;
+		return NULL;
 	sock = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(sock, sk);
-	return BPF_CORE_READ(sk, __sk_common.skc_num);
+	return BPF_CORE_READ(sock, sk);
+}
+
+/* The local port of the socket behind fd; 0 when fd is not a socket. */
+static __always_inline __u16 local_port(__u32 fd)
+{
+	struct sock *sk = sock_of(fd);
+
+	return sk ? BPF_CORE_READ(sk, __sk_common.skc_num) : 0;
+}
+
+/* Tells userspace about a process of `listeners` (enum red_proc). */
+static __always_inline void send_proc(__u32 tgid, __u8 what)
+{
+	struct red_proc_event ev = {.type = RED_EV_PROC, .what = what, .tgid = tgid};
+
+	if (bpf_ringbuf_output(&red_events, &ev, sizeof(ev), 0))
+		stat_inc(RED_STAT_RINGBUF_FULL);
 }
 
 static __always_inline __u32 svc_of(__u32 tgid)
@@ -372,6 +415,10 @@ int BPF_PROG(red_exit, struct task_struct *task)
 
 	if (task->pid != tgid)
 		return 0;
+	if (watch_listeners && !bpf_map_delete_elem(&listeners, &tgid)) {
+		set_watched(tgid, 0);
+		send_proc(tgid, RED_PROC_EXIT);
+	}
 	ch = bpf_map_lookup_elem(&forked, &tgid);
 	if (!ch)
 		return 0;
@@ -388,13 +435,54 @@ int BPF_PROG(red_exit, struct task_struct *task)
 	return 0;
 }
 
+#define RED_AF_INET  2
+#define RED_AF_INET6 10
+
+/* watch = "listeners": a process nobody watches accepted fd. When fd is a
+ * TCP connection to a port of listen_ports, the process is watched from
+ * now on (and its exit ends that). 1 when it is. */
+static __always_inline int watch_listener(__u32 tgid, __u32 fd)
+{
+	struct sock *sk;
+	__u16 port, family;
+	__u32 word;
+	__u64 *bits;
+	__u8 one = 1;
+	long err;
+
+	if (tgid == self_tgid)
+		return 0;
+	sk = sock_of(fd);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != RED_AF_INET && family != RED_AF_INET6)
+		return 0;
+	port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	if (!listen_any) {
+		word = port / 64;
+		bits = bpf_map_lookup_elem(&listen_ports, &word);
+		if (!bits || !((*bits >> (port % 64)) & 1))
+			return 0;
+	}
+	/* EEXIST: watched before, then dropped by the script; watched again */
+	err = bpf_map_update_elem(&listeners, &tgid, &one, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST */)
+		return 0; /* full: its exit could not be seen */
+	set_watched(tgid, 1);
+	send_proc(tgid, RED_PROC_LISTENER);
+	return 1;
+}
+
 static __always_inline int on_accept_exit(long ret)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct conn_key key = {.tgid = tgid, .fd = (__u32)ret};
 	struct red_conn c = {};
 
-	if (ret < 0 || !watched(tgid))
+	if (ret < 0)
+		return 0;
+	if (!watched(tgid) && !(watch_listeners && watch_listener(tgid, (__u32)ret)))
 		return 0;
 	c.gen = bpf_ktime_get_ns();
 	c.lport = local_port((__u32)ret);
@@ -417,8 +505,6 @@ int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
 	return on_accept_exit(ctx->ret);
 }
 
-#define RED_AF_INET  2
-#define RED_AF_INET6 10
 #define RED_EINPROGRESS 115
 
 /* A watched process connected (or started to): the client side of what

@@ -1,19 +1,25 @@
 // SPDX-License-Identifier: MIT
 /*
  * sonde-red-metrics: HTTP/1.x server RED metrics (rate, errors, duration)
- * for the processes the script gives it, from syscall tracepoints. The BPF
- * side (red.bpf.c) finds heads and counts bytes; red_agg.c pairs them and
- * keeps the histograms this plugin writes on /metrics.
+ * for the processes the script gives it, and with watch = "listeners" for
+ * every process that accepts TCP connections, from syscall tracepoints.
+ * The BPF side (red.bpf.c) finds heads and counts bytes; red_agg.c pairs
+ * them and keeps the histograms this plugin writes on /metrics.
  *
  * The tracepoints are attached once at init and filter on the `targets`
- * map, which attach_process/detach_process keep: a process the script did
- * not choose costs one hash lookup per hooked syscall.
+ * bitmap, which attach_process/detach_process keep (and BPF itself, for
+ * forked children and listeners): a process nobody chose costs one array
+ * lookup per hooked syscall.
  */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -32,10 +38,14 @@ struct red_settings {
 	int64_t ringbuf_mb;
 	int64_t window_s;
 	int profile_labels;
+	const char *routes;
+	int64_t series_ttl_s;
+	const char *watch;
+	const char *listen_ports;
 };
 
 /* The self counters, in the order of struct sonde_red_agg_stats, then the
- * BPF side's enum red_stat. */
+ * BPF side's enum red_stat, then this file's own. */
 static const char *const counter_names[][2] = {
 	{"requests", "HTTP server requests counted in the histograms."},
 	{"forced-next", "Requests ended by the next request on the connection: length unknown."},
@@ -45,17 +55,20 @@ static const char *const counter_names[][2] = {
 	 "Requests pushed out of a full pipeline queue before any response: not counted."},
 	{"bad-heads", "Captured heads that did not parse as HTTP/1.x."},
 	{"route-overflow", "Requests folded into http_route=\"_OTHER\" by the per-service cap."},
+	{"series-expired", "Series dropped after series_ttl_s without a request."},
 	{"ringbuf-drops", "Records lost because the plugin's ringbuf was full."},
 	{"read-faults", "Heads that could not be read from the process's memory."},
 	{"connections", "Connections accepted by watched processes."},
 	{"untagged-threads",
 	 "Requests whose thread could not be tagged for the profiles: thread_tags was full."},
+	{"listeners", "Processes watched because they listen on TCP (watch = \"listeners\")."},
 };
-#define N_AGG_COUNTERS 7
+#define N_AGG_COUNTERS 8
 #define N_COUNTERS     (sizeof(counter_names) / sizeof(counter_names[0]))
+#define C_LISTENERS    (N_AGG_COUNTERS + RED_STAT__COUNT)
 _Static_assert(N_AGG_COUNTERS * sizeof(uint64_t) == sizeof(struct sonde_red_agg_stats),
 	       "one counter per field of sonde_red_agg_stats");
-_Static_assert(N_COUNTERS == N_AGG_COUNTERS + RED_STAT__COUNT, "one counter per red_stat");
+_Static_assert(N_COUNTERS == C_LISTENERS + 1, "one counter per red_stat, then the plugin's");
 
 struct red {
 	const struct sonde_host_api *api;
@@ -67,6 +80,12 @@ struct red {
 	void *window_timer;
 	struct timespec window_start; /* CLOCK_REALTIME */
 	int rb_fd;
+	unsigned int ticks;	      /* of timer */
+	uint64_t *targets;	      /* the targets map, mapped (RED_TARGET_WORDS words) */
+	int listeners;		      /* watch = "listeners" */
+	int any_port;		      /* with listeners: no listen_ports filter */
+	uint64_t ports[RED_PORT_WORDS]; /* listen_ports, a bitmap */
+	struct sonde_red_patterns patterns;
 	uint64_t *counters[N_COUNTERS];
 };
 
@@ -120,11 +139,63 @@ static void sync_counters(struct red *r)
 	free(vals);
 }
 
+static const char *basename_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash ? slash + 1 : path;
+}
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts); /* bpf_ktime_get_ns's clock */
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* The service_name of a process the script did not name: its comm, else
+ * its executable's name (what the core gives attach_process). */
+static void name_process(struct red *r, uint32_t tgid)
+{
+	char path[64], name[256] = "", exe[4096];
+	ssize_t n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%u/comm", tgid);
+	f = fopen(path, "re");
+	if (f) {
+		if (fgets(name, sizeof(name), f))
+			name[strcspn(name, "\n")] = '\0';
+		fclose(f);
+	}
+	if (!name[0]) {
+		snprintf(path, sizeof(path), "/proc/%u/exe", tgid);
+		n = readlink(path, exe, sizeof(exe) - 1);
+		if (n > 0) {
+			exe[n] = '\0';
+			snprintf(name, sizeof(name), "%.255s", basename_of(exe));
+		}
+	}
+	/* ENOMEM: its requests go to unknown_service */
+	sonde_red_agg__set_service(r->agg, tgid, name[0] ? name : "unknown_service");
+}
+
 static int on_record(void *ctx, void *data, size_t size)
 {
+	const struct red_proc_event *pe = data;
 	struct red *r = ctx;
 
-	sonde_red_agg__event(r->agg, data, size);
+	if (size < sizeof(*pe) || pe->type != RED_EV_PROC) {
+		sonde_red_agg__event(r->agg, data, size);
+		return 0;
+	}
+	if (pe->what == RED_PROC_LISTENER) {
+		name_process(r, pe->tgid);
+		(*r->counters[C_LISTENERS])++;
+	} else if (pe->what == RED_PROC_EXIT) {
+		sonde_red_agg__forget(r->agg, pe->tgid);
+	}
 	return 0;
 }
 
@@ -143,6 +214,8 @@ static void on_timer(void *ctx)
 	struct red *r = ctx;
 
 	ring_buffer__consume(r->rb);
+	if (++r->ticks % 10 == 0) /* once a second: the TTL is in seconds */
+		sonde_red_agg__expire(r->agg, monotonic_ns());
 	sync_counters(r);
 }
 
@@ -171,6 +244,205 @@ static void on_window(void *ctx)
 	free(buf);
 }
 
+/* Sets or clears tgid's bit in the targets bitmap, atomically: BPF sets
+ * and clears bits of the same words (forked children, listeners). */
+static int set_target(struct red *r, uint32_t tgid, int on)
+{
+	uint64_t bit = 1ULL << (tgid % 64);
+
+	if (tgid / 64 >= RED_TARGET_WORDS)
+		return -ERANGE;
+	if (on)
+		__atomic_fetch_or(&r->targets[tgid / 64], bit, __ATOMIC_RELAXED);
+	else
+		__atomic_fetch_and(&r->targets[tgid / 64], ~bit, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static bool is_separator(char c)
+{
+	return c == ' ' || c == ',' || c == '\t' || c == '\n';
+}
+
+/* listen_ports: "" any port, else port numbers separated by spaces or commas. */
+static int parse_ports(struct red *r, const char *spec, char *err, size_t errlen)
+{
+	const char *p = spec ? spec : "";
+	unsigned long v;
+	char *end;
+	size_t n;
+
+	r->any_port = 1;
+	for (;;) {
+		while (is_separator(*p))
+			p++;
+		if (!*p)
+			return 0;
+		n = strcspn(p, " ,\t\n");
+		v = isdigit((unsigned char)*p) ? strtoul(p, &end, 10) : 0;
+		if (v < 1 || v > 65535 || end != p + n) {
+			snprintf(err, errlen, "listen_ports: '%.*s' is not a port number (1..65535)",
+				 (int)(n < 32 ? n : 32), p);
+			return -EINVAL;
+		}
+		r->ports[v / 64] |= 1ULL << (v % 64);
+		r->any_port = 0;
+		p += n;
+	}
+}
+
+/* Whether pid is still running (not gone, not a zombie: its exit hook ran). */
+static bool process_alive(uint32_t pid)
+{
+	char path[64], buf[512], *paren;
+	bool alive = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%u/stat", pid);
+	f = fopen(path, "re");
+	if (!f)
+		return false;
+	if (fgets(buf, sizeof(buf), f)) {
+		paren = strrchr(buf, ')');
+		alive = paren && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
+	}
+	fclose(f);
+	return alive;
+}
+
+/* A process listening at start: watched as BPF watches those that accept,
+ * through the listeners map, so that its exit ends it. */
+static void watch_listening_pid(struct red *r, uint32_t pid)
+{
+	int fd = bpf_map__fd(r->skel->maps.listeners);
+	uint8_t one = 1;
+
+	if (bpf_map_update_elem(fd, &pid, &one, BPF_NOEXIST))
+		return; /* BPF saw it accept since the attach, or the map is full */
+	set_target(r, pid, 1);
+	name_process(r, pid);
+	if (!process_alive(pid)) {
+		/* it may have exited before its entry was there to be removed */
+		bpf_map_delete_elem(fd, &pid);
+		set_target(r, pid, 0);
+		sonde_red_agg__forget(r->agg, pid);
+		return;
+	}
+	(*r->counters[C_LISTENERS])++;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct inodes {
+	uint64_t *v;
+	size_t n, cap;
+};
+
+/* Appends the inodes of path's (/proc/net/tcp or tcp6) LISTEN sockets on
+ * a port of listen_ports. A missing file (no IPv6) holds none. */
+static int listening_inodes(const struct red *r, const char *path, struct inodes *in)
+{
+	unsigned long long inode;
+	unsigned int port, st;
+	char line[512];
+	int rc = 0;
+	FILE *f;
+
+	f = fopen(path, "re");
+	if (!f)
+		return errno == ENOENT ? 0 : -errno;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, " %*u: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x %*x:%*x %*x:%*x %*x "
+				 "%*u %*u %llu", &port, &st, &inode) != 3)
+			continue; /* the header */
+		if (st != 0x0A /* TCP_LISTEN */ || !inode || port > 65535 ||
+		    (!r->any_port && !((r->ports[port / 64] >> (port % 64)) & 1)))
+			continue;
+		if (in->n == in->cap) {
+			size_t cap = in->cap ? in->cap * 2 : 64;
+			uint64_t *v = realloc(in->v, cap * sizeof(*v));
+
+			if (!v) {
+				rc = -ENOMEM;
+				break;
+			}
+			in->v = v;
+			in->cap = cap;
+		}
+		in->v[in->n++] = inode;
+	}
+	fclose(f);
+	return rc;
+}
+
+/*
+ * watch = "listeners", at start: the processes listening on TCP now (their
+ * LISTEN sockets' inodes among the links of /proc/PID/fd) are watched from
+ * the start, so that connections they accepted before sonded started are
+ * adopted at their next request. Only sonded's network namespace has its
+ * sockets in /proc/net; processes of other namespaces are found at their
+ * next accept. Returns how many, or -errno.
+ */
+static int watch_current_listeners(struct red *r)
+{
+	struct inodes in = {0};
+	char path[64], link[64];
+	struct dirent *de, *fe;
+	DIR *proc = NULL, *fds;
+	unsigned long long ino;
+	uint32_t self = (uint32_t)getpid(), pid;
+	int rc, found = 0;
+	ssize_t n;
+
+	rc = listening_inodes(r, "/proc/net/tcp", &in);
+	if (!rc)
+		rc = listening_inodes(r, "/proc/net/tcp6", &in);
+	if (rc || !in.n)
+		goto cleanup;
+	qsort(in.v, in.n, sizeof(*in.v), cmp_u64);
+	proc = opendir("/proc");
+	if (!proc) {
+		rc = -errno;
+		goto cleanup;
+	}
+	while ((de = readdir(proc))) {
+		if (!isdigit((unsigned char)de->d_name[0]))
+			continue;
+		pid = (uint32_t)strtoul(de->d_name, NULL, 10);
+		if (pid == self)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%u/fd", pid);
+		fds = opendir(path);
+		if (!fds)
+			continue; /* gone, or a kernel thread */
+		while ((fe = readdir(fds))) {
+			if (fe->d_name[0] == '.')
+				continue;
+			n = readlinkat(dirfd(fds), fe->d_name, link, sizeof(link) - 1);
+			if (n <= 0)
+				continue;
+			link[n] = '\0';
+			if (sscanf(link, "socket:[%llu]", &ino) == 1 &&
+			    bsearch(&(uint64_t){ino}, in.v, in.n, sizeof(*in.v), cmp_u64)) {
+				watch_listening_pid(r, pid);
+				found++;
+				break;
+			}
+		}
+		closedir(fds);
+	}
+cleanup:
+	if (proc)
+		closedir(proc);
+	free(in.v);
+	return rc ? rc : found;
+}
+
 static void red_fini(void *state)
 {
 	struct red *r = state;
@@ -184,6 +456,8 @@ static void red_fini(void *state)
 	if (r->rb_fd >= 0)
 		r->api->unwatch_fd(r->host, r->rb_fd);
 	ring_buffer__free(r->rb);
+	if (r->targets)
+		munmap(r->targets, RED_TARGET_WORDS * sizeof(uint64_t));
 	red_bpf__destroy(r->skel);
 	sonde_red_agg__free(r->agg);
 	free(r);
@@ -260,6 +534,15 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 				      "1..1024 and window_s 1..3600");
 		return NULL;
 	}
+	if (s->series_ttl_s < 0 || s->series_ttl_s > 31536000) {
+		snprintf(err, errlen, "series_ttl_s must be 0 (never) .. 31536000 (a year)");
+		return NULL;
+	}
+	if (!s->watch || (strcmp(s->watch, "script") && strcmp(s->watch, "listeners"))) {
+		snprintf(err, errlen, "watch must be \"script\" or \"listeners\", not \"%.32s\"",
+			 s->watch ? s->watch : "");
+		return NULL;
+	}
 	r = calloc(1, sizeof(*r));
 	if (!r) {
 		snprintf(err, errlen, "out of memory");
@@ -268,7 +551,13 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 	r->api = api;
 	r->host = host;
 	r->rb_fd = -1;
+	r->listeners = !strcmp(s->watch, "listeners");
+	if (sonde_red_patterns_parse(s->routes, &r->patterns, err, errlen) ||
+	    parse_ports(r, s->listen_ports, err, errlen))
+		goto fail;
 	opts.max_routes = (unsigned int)s->max_routes;
+	opts.patterns = &r->patterns;
+	opts.series_ttl_ns = (uint64_t)s->series_ttl_s * 1000000000ULL;
 	r->agg = sonde_red_agg__new(&opts);
 	if (!r->agg) {
 		snprintf(err, errlen, "out of memory");
@@ -300,10 +589,34 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 			 "(profile_labels = false goes without)", strerror(-rc));
 		goto fail;
 	}
+	r->skel->rodata->watch_listeners = (uint8_t)r->listeners;
+	r->skel->rodata->listen_any = (uint8_t)r->any_port;
+	r->skel->rodata->self_tgid = (uint32_t)getpid();
+	if (!r->listeners) {
+		bpf_map__set_max_entries(r->skel->maps.listeners, 1);
+		bpf_map__set_max_entries(r->skel->maps.listen_ports, 1);
+	}
 	rc = red_bpf__load(r->skel);
 	if (rc) {
 		snprintf(err, errlen, "cannot load the BPF object: %s", strerror(-rc));
 		goto fail;
+	}
+	r->targets = mmap(NULL, RED_TARGET_WORDS * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+			  MAP_SHARED, bpf_map__fd(r->skel->maps.targets), 0);
+	if (r->targets == MAP_FAILED) {
+		r->targets = NULL;
+		snprintf(err, errlen, "cannot map the targets bitmap: %s", strerror(errno));
+		goto fail;
+	}
+	for (i = 0; r->listeners && !r->any_port && i < RED_PORT_WORDS; i++) {
+		uint32_t word = (uint32_t)i;
+
+		if (r->ports[i] &&
+		    bpf_map_update_elem(bpf_map__fd(r->skel->maps.listen_ports), &word,
+					&r->ports[i], BPF_ANY)) {
+			snprintf(err, errlen, "cannot fill listen_ports: %s", strerror(errno));
+			goto fail;
+		}
 	}
 	rc = red_bpf__attach(r->skel);
 	if (rc) {
@@ -333,38 +646,26 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 		snprintf(err, errlen, "cannot add a timer");
 		goto fail;
 	}
+	if (r->listeners) {
+		rc = watch_current_listeners(r);
+		if (rc < 0) {
+			snprintf(err, errlen, "cannot list the processes listening on TCP: %s",
+				 strerror(-rc));
+			goto fail;
+		}
+		api->log(host, SONDE_PLUGIN_LOG_INFO,
+			 "watching the processes that accept TCP connections (%s%s), %d listening "
+			 "now", r->any_port ? "any port" : "listen_ports ",
+			 r->any_port ? "" : s->listen_ports, rc);
+	}
 	api->log(host, SONDE_PLUGIN_LOG_INFO,
-		 "watching HTTP/1.x servers, max %lld routes per service",
-		 (long long)s->max_routes);
+		 "watching HTTP/1.x servers, max %lld routes per service, %u route patterns, "
+		 "series TTL %lld s", (long long)s->max_routes, r->patterns.count,
+		 (long long)s->series_ttl_s);
 	return r;
 fail:
 	red_fini(r);
 	return NULL;
-}
-
-static const char *basename_of(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-
-	return slash ? slash + 1 : path;
-}
-
-/* Sets or clears tgid's bit in the targets bitmap (only this thread writes it). */
-static int set_target(struct red *r, uint32_t tgid, int on)
-{
-	int fd = bpf_map__fd(r->skel->maps.targets);
-	uint32_t word = tgid / 64;
-	uint64_t bits = 0;
-
-	if (word >= RED_TARGET_WORDS)
-		return -ERANGE;
-	if (bpf_map_lookup_elem(fd, &word, &bits))
-		return -errno;
-	if (on)
-		bits |= 1ULL << (tgid % 64);
-	else
-		bits &= ~(1ULL << (tgid % 64));
-	return bpf_map_update_elem(fd, &word, &bits, BPF_ANY) ? -errno : 0;
 }
 
 static int red_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
@@ -404,6 +705,7 @@ static int red_write_metrics(void *state, FILE *out)
 	struct red *r = state;
 
 	ring_buffer__consume(r->rb); /* a scrape sees every request before it */
+	sonde_red_agg__expire(r->agg, monotonic_ns());
 	sync_counters(r);
 	return sonde_red_agg__write(r->agg, out);
 }
@@ -418,6 +720,17 @@ static const struct sonde_plugin_setting red_settings_table[] = {
 	{SONDE_SETTING_BOOL, "profile_labels", "true", offsetof(struct red_settings, profile_labels),
 	 "label the CPU samples of a thread serving a request with its http_route and "
 	 "http_request_method"},
+	{SONDE_SETTING_STRING, "routes", "", offsetof(struct red_settings, routes),
+	 "route patterns tried before the heuristic, separated by spaces or commas: "
+	 "/users/{id} matches one segment, a trailing /* the rest"},
+	{SONDE_SETTING_INT, "series_ttl_s", "300", offsetof(struct red_settings, series_ttl_s),
+	 "seconds without a request after which a series is dropped; 0: never"},
+	{SONDE_SETTING_STRING, "watch", "script", offsetof(struct red_settings, watch),
+	 "\"script\": the processes the script gives the plugin; \"listeners\": also every "
+	 "process that accepts TCP connections"},
+	{SONDE_SETTING_STRING, "listen_ports", "", offsetof(struct red_settings, listen_ports),
+	 "with watch = \"listeners\": only those listening on these ports (space-separated); "
+	 "\"\": any"},
 	{SONDE_SETTING_END},
 };
 
@@ -428,7 +741,7 @@ const struct sonde_plugin sonde_plugin = {
 	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
 	.size = sizeof(struct sonde_plugin),
 	.name = "red-metrics",
-	.version = "0.2",
+	.version = "0.3",
 	.description = "HTTP/1.x server and client RED metrics from syscall tracepoints",
 	.settings = red_settings_table,
 	.settings_size = sizeof(struct red_settings),

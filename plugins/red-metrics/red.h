@@ -38,6 +38,7 @@
 #define RED_TARGET_WORDS 65536 /* the targets bitmap: tgids below 64 * this (pid_max's max) */
 #define RED_RESP_SCAN 512 /* bytes of a response head searched for its framing; a power of 2 */
 #define RED_PIPE      4	  /* pipelined heads queued behind the one in flight; a power of 2 */
+#define RED_PORT_WORDS 1024 /* the listen_ports bitmap: 64 * this ports */
 
 /* struct red_event.family */
 enum red_family {
@@ -55,8 +56,29 @@ enum red_family {
 #define RED_TAG_MASK ((1ULL << 56) - 1)
 
 enum red_event_type {
-	RED_EV_EXCHANGE = 1, /* the only record type */
+	RED_EV_EXCHANGE = 1, /* struct red_event */
+	RED_EV_PROC = 2,     /* struct red_proc_event */
 };
+
+/*
+ * watch = "listeners": BPF watches, on its own, every process that accepts
+ * a TCP connection on a port of the listen_ports bitmap (any port unless
+ * userspace says otherwise), keeps it in its `listeners` map (userspace
+ * adds the processes already listening when it starts), and stops at its
+ * exit; each time it tells userspace, which names the service.
+ */
+enum red_proc {
+	RED_PROC_LISTENER = 1, /* tgid is watched from now on: it accepted a connection */
+	RED_PROC_EXIT = 2,     /* tgid, a process of `listeners`, exited: no longer watched */
+};
+
+struct red_proc_event {
+	__u8 type; /* RED_EV_PROC */
+	__u8 what; /* enum red_proc */
+	__u16 pad;
+	__u32 tgid;
+};
+_Static_assert(sizeof(struct red_proc_event) == 8, "red_proc_event is part of the BPF ABI");
 
 /* How an exchange ended (struct red_event.end). */
 enum red_end {

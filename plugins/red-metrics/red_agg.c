@@ -2,8 +2,9 @@
 /*
  * BPF pairs and frames the exchanges (red.bpf.c); what is left here is
  * naming them: the request head gives method and route, the record the
- * rest. Series live for the daemon's lifetime (no TTL yet); the route cap
- * bounds how many a service can make.
+ * rest. The route cap bounds how many series a service can make; the TTL
+ * (series_ttl_ns) drops those that stopped counting, which frees their
+ * route's place under the cap.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -159,8 +160,11 @@ struct hists {
 struct series {
 	struct series *next; /* in creation order, for stable output */
 	char *labels;	     /* the label set, Prometheus text, without braces */
-	char *service, *route;
+	char *service;
+	const char *route;  /* interned: lives as long as the aggregator */
 	const char *method; /* static */
+	int capped;	    /* holds a place under its service's max_routes */
+	uint64_t last_ns;   /* the end of its latest request (the record's time) */
 	int status;
 	int client;
 	char addr[SONDE_RED_HOST_MAX]; /* server_address; "" none */
@@ -177,25 +181,68 @@ struct exchange {
 	uint16_t port;
 	int status;
 	const char *method;
+	int pattern; /* route is one of the script's patterns */
 	char route[SONDE_RED_ROUTE_MAX];
 };
 
 struct service_routes {
-	unsigned int count;
+	unsigned int count; /* routes with series */
 };
 
-static char route_present; /* the value of every routes entry */
+struct route_use {
+	unsigned int series; /* series of the service with this route */
+};
+
+/* At least this many route strings are interned before new routes fold
+ * into _OTHER (see intern()). */
+#define INTERN_MIN 65536
 
 struct sonde_red_agg {
 	struct sonde_red_agg_opts opts;
 	struct sonde_red_agg_stats stats;
+	struct sonde_red_patterns patterns;
 	struct map services;	 /* tgid -> char *name */
-	struct map routes;	 /* "name\0route" -> &route_present */
+	struct map routes;	 /* "name\0route" -> struct route_use */
 	struct map route_counts; /* "name" -> struct service_routes */
 	struct map series;	 /* side and labels -> struct series */
+	struct map strings;	 /* route -> its interned copy (char *), see intern() */
+	size_t strings_max;
 	struct series *first, **tail;
 	struct red_tags *tags;	 /* recent server exchanges, for thread tags */
+	uint64_t now_ns;	 /* the latest time seen (records, expire()) */
+	uint64_t swept_ns;	 /* when expired series were last looked for */
 };
+
+/*
+ * The route strings of series, kept until the aggregator is freed. A
+ * series' method and route are handed out as const char * (red_tags
+ * entries, and from them the core's sample labels, which plugin.h lets the
+ * core keep until the plugin's fini()), so a series dropped by the TTL must
+ * not take its route string with it: series point at the copy here, which
+ * outlives them all. The table is bounded: a string is added only when a
+ * series is made with it, that is for a pattern (at most
+ * SONDE_RED_PATTERNS_MAX, added at start), _OTHER, or a heuristic route
+ * admitted under its service's max_routes; without a TTL that is at most
+ * max_routes per service, with one the same again per TTL at worst (a
+ * heuristic route never holds an id, so real APIs have few), and never more
+ * than strings_max: past it, new routes fold into _OTHER (route_overflow).
+ */
+static const char *intern(struct sonde_red_agg *agg, const char *route)
+{
+	size_t len = strlen(route);
+	char *copy = map_get(&agg->strings, route, len);
+
+	if (copy)
+		return copy;
+	copy = strdup(route);
+	if (!copy)
+		return NULL;
+	if (map_put(&agg->strings, route, len, copy)) {
+		free(copy);
+		return NULL;
+	}
+	return copy;
+}
 
 struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
 {
@@ -203,14 +250,27 @@ struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
 
 	if (!agg)
 		return NULL;
+	unsigned int i;
+
 	agg->opts.max_routes = opts && opts->max_routes ? opts->max_routes : 100;
+	agg->opts.series_ttl_ns = opts ? opts->series_ttl_ns : 0;
+	if (opts && opts->patterns)
+		agg->patterns = *opts->patterns;
+	agg->strings_max = (size_t)agg->opts.max_routes * 4 > INTERN_MIN
+				   ? (size_t)agg->opts.max_routes * 4
+				   : INTERN_MIN;
 	agg->tail = &agg->first;
 	agg->tags = red_tags__new(RED_AGG_TAG_KEEP_NS, 65536);
-	if (!agg->tags) {
-		free(agg);
-		return NULL;
-	}
+	if (!agg->tags || !intern(agg, OVERFLOW_ROUTE))
+		goto fail;
+	for (i = 0; i < agg->patterns.count; i++)
+		if (!intern(agg, agg->patterns.pattern[i]))
+			goto fail;
 	return agg;
+fail:
+	sonde_red_agg__free(agg);
+	errno = ENOMEM;
+	return NULL;
 }
 
 static void free_series(void *v)
@@ -220,7 +280,6 @@ static void free_series(void *v)
 	if (s) {
 		free(s->labels);
 		free(s->service);
-		free(s->route);
 	}
 	free(s);
 }
@@ -230,10 +289,11 @@ void sonde_red_agg__free(struct sonde_red_agg *agg)
 	if (!agg)
 		return;
 	map_clear(&agg->services, free);
-	map_clear(&agg->routes, NULL);
+	map_clear(&agg->routes, free);
 	map_clear(&agg->route_counts, free);
 	map_clear(&agg->series, free_series);
 	red_tags__free(agg->tags);
+	map_clear(&agg->strings, free); /* last: everything above pointed into it */
 	free(agg);
 }
 
@@ -283,36 +343,92 @@ static void put_label(char **p, const char *start, char *end, const char *name, 
 	**p = '\0';
 }
 
-/* The route as exported: the templated one, or _OTHER once the service
- * has max_routes others. */
-static const char *cap_route(struct sonde_red_agg *agg, const char *service, const char *route)
+/* The routes map's key of (service, route) into key (512 bytes): its
+ * length, 0 when it does not fit. */
+static size_t route_key(char *key, const char *service, const char *route)
 {
 	size_t sl = strlen(service), rl = strlen(route);
-	char key[512];
-	struct service_routes *sr;
 
-	if (sl + 1 + rl > sizeof(key))
-		return OVERFLOW_ROUTE;
+	if (sl + 1 + rl > 512)
+		return 0;
 	memcpy(key, service, sl + 1);
 	memcpy(key + sl + 1, route, rl);
-	if (map_get(&agg->routes, key, sl + 1 + rl))
+	return sl + 1 + rl;
+}
+
+/* The route as exported: the templated one, or _OTHER once the service
+ * has max_routes others with series (or the interned strings are full). */
+static const char *cap_route(struct sonde_red_agg *agg, const char *service, const char *route)
+{
+	struct service_routes *sr;
+	char key[512];
+	size_t len;
+
+	if (!strcmp(route, OVERFLOW_ROUTE))
+		return OVERFLOW_ROUTE;
+	len = route_key(key, service, route);
+	if (!len)
+		return OVERFLOW_ROUTE;
+	if (map_get(&agg->routes, key, len))
 		return route;
+	sr = map_get(&agg->route_counts, service, strlen(service));
+	if ((sr && sr->count >= agg->opts.max_routes) ||
+	    (agg->strings.count >= agg->strings_max &&
+	     !map_get(&agg->strings, route, strlen(route)))) {
+		agg->stats.route_overflow++;
+		return OVERFLOW_ROUTE;
+	}
+	return route;
+}
+
+/* A new series of service holds route's place under the cap. */
+static int take_route(struct sonde_red_agg *agg, const char *service, const char *route)
+{
+	size_t sl = strlen(service), len;
+	struct service_routes *sr;
+	struct route_use *use;
+	char key[512];
+
+	len = route_key(key, service, route);
+	use = map_get(&agg->routes, key, len);
+	if (use) {
+		use->series++;
+		return 0;
+	}
 	sr = map_get(&agg->route_counts, service, sl);
 	if (!sr) {
 		sr = calloc(1, sizeof(*sr));
 		if (!sr || map_put(&agg->route_counts, service, sl, sr)) {
 			free(sr);
-			return OVERFLOW_ROUTE;
+			return -ENOMEM;
 		}
 	}
-	if (sr->count >= agg->opts.max_routes) {
-		agg->stats.route_overflow++;
-		return OVERFLOW_ROUTE;
+	use = calloc(1, sizeof(*use));
+	if (!use || map_put(&agg->routes, key, len, use)) {
+		free(use);
+		return -ENOMEM;
 	}
-	if (map_put(&agg->routes, key, sl + 1 + rl, &route_present))
-		return OVERFLOW_ROUTE;
+	use->series = 1;
 	sr->count++;
-	return route;
+	return 0;
+}
+
+/* A series of service that held route's place is gone. */
+static void drop_route(struct sonde_red_agg *agg, const char *service, const char *route)
+{
+	size_t sl = strlen(service), len;
+	struct service_routes *sr;
+	struct route_use *use;
+	char key[512];
+
+	len = route_key(key, service, route);
+	use = map_get(&agg->routes, key, len);
+	if (!use || --use->series)
+		return;
+	free(map_del(&agg->routes, key, len));
+	sr = map_get(&agg->route_counts, service, sl);
+	if (sr && !--sr->count)
+		free(map_del(&agg->route_counts, service, sl));
 }
 
 static struct series *get_series(struct sonde_red_agg *agg, const struct exchange *x)
@@ -333,7 +449,7 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct exchang
 	put_label(&p, labels, end, "service_name", service);
 	put_label(&p, labels, end, "http_request_method", x->method);
 	put_label(&p, labels, end, "http_response_status_code", status);
-	route = cap_route(agg, service, x->route);
+	route = x->pattern ? x->route : cap_route(agg, service, x->route);
 	put_label(&p, labels, end, "http_route", route);
 	put_label(&p, labels, end, "url_scheme", "http");
 	if (x->addr[0])
@@ -352,19 +468,69 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct exchang
 		return NULL;
 	s->labels = strdup(labels);
 	s->service = strdup(service);
-	s->route = strdup(route);
+	s->route = intern(agg, route);
 	s->method = x->method;
 	s->status = x->status;
 	s->client = x->client;
 	memcpy(s->addr, x->addr, sizeof(s->addr));
 	s->port = x->port;
-	if (!s->labels || !s->service || !s->route || map_put(&agg->series, key, len, s)) {
-		free_series(s);
-		return NULL;
+	if (!s->labels || !s->service || !s->route)
+		goto fail;
+	s->capped = !x->pattern && strcmp(route, OVERFLOW_ROUTE);
+	if (s->capped && take_route(agg, service, route))
+		goto fail;
+	if (map_put(&agg->series, key, len, s)) {
+		if (s->capped)
+			drop_route(agg, service, route);
+		goto fail;
 	}
 	*agg->tail = s;
 	agg->tail = &s->next;
 	return s;
+fail:
+	free_series(s);
+	return NULL;
+}
+
+/* Drops *link's series (a series map entry, an element of the list). */
+static void drop_series(struct sonde_red_agg *agg, struct series **link)
+{
+	struct series *s = *link;
+	char key[1 + 1024];
+	size_t n = strlen(s->labels);
+
+	*link = s->next;
+	if (agg->tail == &s->next)
+		agg->tail = link;
+	key[0] = s->client ? 'c' : 's';
+	memcpy(key + 1, s->labels, n);
+	map_del(&agg->series, key, 1 + n);
+	if (s->capped)
+		drop_route(agg, s->service, s->route);
+	free_series(s);
+	agg->stats.series_expired++;
+}
+
+unsigned int sonde_red_agg__expire(struct sonde_red_agg *agg, uint64_t now_ns)
+{
+	struct series **link = &agg->first;
+	unsigned int n = 0;
+
+	if (now_ns > agg->now_ns)
+		agg->now_ns = now_ns;
+	agg->swept_ns = agg->now_ns;
+	if (!agg->opts.series_ttl_ns || agg->now_ns < agg->opts.series_ttl_ns)
+		return 0;
+	while (*link) {
+		if ((*link)->last_ns <= agg->now_ns - agg->opts.series_ttl_ns &&
+		    !(*link)->win.count) {
+			drop_series(agg, link);
+			n++;
+		} else {
+			link = &(*link)->next;
+		}
+	}
+	return n;
 }
 
 static void observe_one(uint64_t *buckets, const double *bounds, size_t n, double v)
@@ -392,6 +558,7 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	const struct red_event *ev = rec;
 	struct sonde_red_request req;
 	struct exchange x = {0};
+	const char *route;
 	struct series *s;
 	double d, reqb, resp;
 
@@ -433,10 +600,16 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 		inet_ntop(AF_INET6, ev->server_addr, x.addr, sizeof(x.addr));
 	x.status = ev->status;
 	x.method = req.method;
-	if (req.line_complete && req.path[0])
+	route = req.line_complete && req.path[0] ? sonde_red_patterns_match(&agg->patterns, req.path)
+						 : NULL;
+	if (route) {
+		snprintf(x.route, sizeof(x.route), "%s", route); /* the script's, as written */
+		x.pattern = 1;
+	} else if (req.line_complete && req.path[0]) {
 		sonde_red_route(req.path, x.route, sizeof(x.route));
-	else
+	} else {
 		snprintf(x.route, sizeof(x.route), "%s", OVERFLOW_ROUTE); /* target cut */
+	}
 	s = get_series(agg, &x);
 	if (!s)
 		return -ENOMEM;
@@ -453,11 +626,18 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	observe(&s->all, d, reqb, resp);
 	observe(&s->win, d, reqb, resp);
 	agg->stats.requests++;
-	/* the series' strings outlive the entry (series are never freed);
-	 * ENOMEM only costs the samples their labels */
+	if (ev->last > s->last_ns)
+		s->last_ns = ev->last;
+	/* the method is static and the route interned: both outlive the entry,
+	 * and the series (TTL); ENOMEM only costs the samples their labels */
 	if (!x.client)
 		red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, s->method, s->route,
 			      ev->last);
+	/* counted first, so a series that counts now is not dropped first */
+	if (ev->last > agg->now_ns)
+		agg->now_ns = ev->last;
+	if (agg->opts.series_ttl_ns && agg->now_ns - agg->swept_ns >= 1000000000ULL)
+		sonde_red_agg__expire(agg, agg->now_ns);
 	return 0;
 }
 

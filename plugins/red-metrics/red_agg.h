@@ -28,10 +28,20 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "red_http.h"
+
 struct sonde_red_agg;
 
 struct sonde_red_agg_opts {
 	unsigned int max_routes;  /* distinct routes per service; more fold into _OTHER */
+	/* Route patterns tried before the heuristic (copied); NULL: none. A
+	 * pattern's route is not capped by max_routes (they are few and the
+	 * script's choice). */
+	const struct sonde_red_patterns *patterns;
+	/* A series that counted no request for this long (in the records'
+	 * CLOCK_MONOTONIC time) is dropped, from the output and from its
+	 * service's route count; 0: never. */
+	uint64_t series_ttl_ns;
 };
 
 /* Counters of what did not go into a histogram, and why. */
@@ -44,6 +54,7 @@ struct sonde_red_agg_stats {
 				    waiting) before any response: not counted */
 	uint64_t bad_heads;	 /* heads that did not parse */
 	uint64_t route_overflow; /* requests folded into http_route="_OTHER" */
+	uint64_t series_expired; /* series dropped by series_ttl_ns */
 };
 
 /* NULL and errno on failure; opts NULL: 100 routes. */
@@ -74,13 +85,25 @@ int sonde_red_agg__write(const struct sonde_red_agg *agg, FILE *out);
 int sonde_red_agg__window(struct sonde_red_agg *agg, double start, double duration, void **buf,
 			  size_t *len);
 
+/*
+ * Drops the series that counted no request in the series_ttl_ns before
+ * now_ns (CLOCK_MONOTONIC, as the records' times; the aggregator's clock
+ * is the latest of these and of the records' times, so a now_ns behind it
+ * changes nothing). A series with requests not yet sent in a window
+ * (sonde_red_agg__window) stays until they are. The aggregator also does
+ * this by itself, at most once a second of its clock, as records come.
+ * Returns how many went.
+ */
+unsigned int sonde_red_agg__expire(struct sonde_red_agg *agg, uint64_t now_ns);
+
 const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_agg *agg);
 
 /*
  * The method and route of the server exchange tgid started at start
  * (RED_TAG_MASK of red_event.start: the value of its thread tag), among
  * those consumed in the last RED_AGG_TAG_KEEP_NS. The strings live as long
- * as agg. False when it is not (or no longer) known.
+ * as agg (route strings are kept for agg's life, even once their series
+ * expired). False when it is not (or no longer) known.
  */
 #define RED_AGG_TAG_KEEP_NS (30ULL * 1000000000ULL)
 bool sonde_red_agg__exchange(const struct sonde_red_agg *agg, uint32_t tgid, uint64_t start,

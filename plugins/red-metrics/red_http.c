@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -321,4 +322,133 @@ size_t sonde_red_route(const char *path, char *out, size_t outlen)
 		out[o++] = '/';
 	out[o] = '\0';
 	return o;
+}
+
+/* The segment at *p (after any slashes), its length in *n, *p moved past
+ * it; NULL when only slashes are left. */
+static const char *next_segment(const char **p, size_t *n)
+{
+	const char *seg;
+
+	while (**p == '/')
+		(*p)++;
+	if (!**p)
+		return NULL;
+	seg = *p;
+	while (**p && **p != '/')
+		(*p)++;
+	*n = (size_t)(*p - seg);
+	return seg;
+}
+
+_Static_assert(SONDE_RED_ROUTE_MAX == 128, "the error below says 127 bytes");
+
+static bool is_separator(char c)
+{
+	return c == ' ' || c == ',' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Why the pattern at p (n bytes, n < SONDE_RED_ROUTE_MAX) cannot be one,
+ * or NULL when it can. */
+static const char *pattern_error(const char *p, size_t n)
+{
+	size_t i = 0, seg, len, k, open = 0, close = 0;
+
+	if (p[0] != '/')
+		return "it does not start with '/'";
+	for (k = 0; k < n; k++) {
+		open += p[k] == '{';
+		close += p[k] == '}';
+		if (close > open || open > close + 1)
+			return "unbalanced braces";
+	}
+	if (open != close)
+		return "unbalanced braces";
+	while (i < n) {
+		while (i < n && p[i] == '/')
+			i++;
+		seg = i;
+		while (i < n && p[i] != '/')
+			i++;
+		len = i - seg;
+		if (memchr(p + seg, '{', len) &&
+		    (p[seg] != '{' || p[i - 1] != '}' || len < 3))
+			return "a {name} must be a whole segment, with a name";
+		if (memchr(p + seg, '*', len)) {
+			if (len != 1)
+				return "'*' must be a whole segment";
+			for (k = i; k < n && p[k] == '/'; k++)
+				;
+			if (k < n)
+				return "'*' must be the last segment";
+		}
+	}
+	return NULL;
+}
+
+int sonde_red_patterns_parse(const char *spec, struct sonde_red_patterns *out, char *err,
+			     size_t errlen)
+{
+	const char *p = spec ? spec : "", *start, *why;
+	size_t n;
+
+	memset(out, 0, sizeof(*out));
+	for (;;) {
+		while (is_separator(*p))
+			p++;
+		if (!*p)
+			return 0;
+		start = p;
+		while (*p && !is_separator(*p))
+			p++;
+		n = (size_t)(p - start);
+		if (out->count == SONDE_RED_PATTERNS_MAX) {
+			snprintf(err, errlen, "routes: too many patterns (at most %d) at '%.*s'",
+				 SONDE_RED_PATTERNS_MAX, (int)(n < 64 ? n : 64), start);
+			return -EINVAL;
+		}
+		why = n >= SONDE_RED_ROUTE_MAX ? "longer than 127 bytes" : pattern_error(start, n);
+		if (why) {
+			snprintf(err, errlen, "routes: bad pattern '%.*s%s': %s",
+				 (int)(n < 64 ? n : 64), start, n > 64 ? "..." : "", why);
+			return -EINVAL;
+		}
+		memcpy(out->pattern[out->count], start, n);
+		out->pattern[out->count][n] = '\0';
+		out->count++;
+	}
+}
+
+/* Whether path matches pattern, segment by segment. */
+static bool pattern_matches(const char *pattern, const char *path)
+{
+	const char *ps, *qs;
+	size_t pn = 0, qn = 0;
+
+	for (;;) {
+		ps = next_segment(&pattern, &pn);
+		qs = next_segment(&path, &qn);
+		if (!ps)
+			return !qs;
+		if (pn == 1 && *ps == '*')
+			return true; /* the rest, whatever it is */
+		if (!qs)
+			return false;
+		if (*ps == '{')
+			continue; /* any one segment */
+		if (pn != qn || memcmp(ps, qs, pn))
+			return false;
+	}
+}
+
+const char *sonde_red_patterns_match(const struct sonde_red_patterns *p, const char *path)
+{
+	unsigned int i;
+
+	if (!p || path[0] != '/')
+		return NULL; /* "*" (OPTIONS *) and cut targets */
+	for (i = 0; i < p->count; i++)
+		if (pattern_matches(p->pattern[i], path))
+			return p->pattern[i];
+	return NULL;
 }

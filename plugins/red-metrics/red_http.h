@@ -63,4 +63,33 @@ int sonde_red_parse_response(const void *buf, size_t len, struct sonde_red_respo
  */
 size_t sonde_red_route(const char *path, char *out, size_t outlen);
 
+/*
+ * Route patterns the script gives (the plugin's `routes` setting), tried
+ * before the heuristic above. A pattern is a path whose segments are
+ * literal, `{name}` (any one segment) or, as the last one only, `*` (the
+ * rest of the path, nothing included). Matching is segment-wise over the
+ * path as sonde_red_route sees it (empty segments and a trailing slash do
+ * not count); the first pattern that matches, in the given order, is the
+ * route, exactly as written.
+ */
+#define SONDE_RED_PATTERNS_MAX 64
+struct sonde_red_patterns {
+	unsigned int count;
+	char pattern[SONDE_RED_PATTERNS_MAX][SONDE_RED_ROUTE_MAX];
+};
+
+/*
+ * Parses spec (patterns separated by spaces or commas; NULL or "" gives
+ * none) into out. 0, or -EINVAL with a one-line reason naming the pattern
+ * in err (errlen bytes): not starting with '/', unbalanced or misplaced
+ * braces, '*' other than as the last segment, longer than
+ * SONDE_RED_ROUTE_MAX - 1 bytes, more than SONDE_RED_PATTERNS_MAX patterns.
+ */
+int sonde_red_patterns_parse(const char *spec, struct sonde_red_patterns *out, char *err,
+			     size_t errlen);
+
+/* The first pattern of p that path (a request target's path) matches, or
+ * NULL. The string is p's. */
+const char *sonde_red_patterns_match(const struct sonde_red_patterns *p, const char *path);
+
 #endif /* SONDE_RED_HTTP_H */

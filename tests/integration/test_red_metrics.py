@@ -8,7 +8,15 @@ with exact numbers of requests per route and status. The histograms on
 /metrics must count them exactly, put /slow in the 0.05 < d <= 0.075
 bucket, name server_address from Host (else the peer, client side), never
 show a query string, and a real Prometheus scraping sonded must return
-them."""
+them.
+
+Then watch = "listeners", with no on_process choosing anything: a
+server started before sonded (with a keep-alive connection accepted
+before it too) and one started after are counted exactly, with the
+script's route patterns, their series leave /metrics series_ttl_s after
+their last request, and a server's exit takes it out of the listeners
+map; with listen_ports naming other ports, neither is counted (and
+the servers on those ports, started before and after sonded, are)."""
 import http.client
 import json
 import os
@@ -411,6 +419,156 @@ scrape_configs:
         if not result or float(result[0]["value"][1]) != 3:
             fail(f"Prometheus returned {result} for {query}")
         print("ok: Prometheus scraped the series and returns /fail = 3")
+
+    # A bad route pattern stops sonded's start, with one line naming it.
+    bad = os.path.join(work, "bad.lua")
+    with open(bad, "w") as f:
+        f.write('plugin "red-metrics" { required = true, routes = "/ok /users/{id" }\n')
+    sock = scratch_dir("sonde-bad-")
+    r = subprocess.run([os.path.join(build_dir(), "core", "sonded"), "--script", bad,
+                        "--plugin-dir", plugin_dir, "--http", f"127.0.0.1:{free_port()}",
+                        "--export", f"ipc://{sock}/e.ipc", "--control", f"ipc://{sock}/c.ipc"],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode == 0 or \
+            "routes: bad pattern '/users/{id': unbalanced braces" not in r.stderr:
+        fail(f"sonded with routes = \"/ok /users/{{id\" exited {r.returncode}: {r.stderr}")
+    print("ok: a bad route pattern stops the start:",
+          next(ln for ln in r.stderr.splitlines() if "bad pattern" in ln))
+
+    # watch = "listeners": the script chooses no process at all.
+    server_py = os.path.join(source, "tests/fixtures/red/server.py")
+
+    def serve(port):
+        p = start(["/usr/bin/python3", server_py, str(port)], stdout=subprocess.PIPE, text=True)
+        if p.stdout.readline().split() != ["ready", str(port)]:
+            fail(f"server.py did not start on {port}")
+        return p
+
+    def requests(port, paths, conn=None):
+        c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for path in paths:
+            c.request("GET", path)
+            c.getresponse().read()
+        if not conn:
+            c.close()
+
+    def listeners_script(name, **settings):
+        path = os.path.join(work, name)
+        opts = "".join(f", {k} = {json.dumps(v)}" for k, v in settings.items())
+        with open(path, "w") as f:
+            f.write(f"""
+plugin "red-metrics" {{ required = true, watch = "listeners"{opts} }}
+on_process(function(p) return false end)
+""")
+        return path
+
+    def series(d):
+        _, b = http_get(d.url("/metrics"))
+        return b.decode(), parse_metrics(b.decode())
+
+    def bpf_map_id(d, name):
+        for fd in os.listdir(f"/proc/{d.proc.pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{d.proc.pid}/fd/{fd}") != "anon_inode:bpf-map":
+                    continue
+                with open(f"/proc/{d.proc.pid}/fdinfo/{fd}") as f:
+                    mid = re.search(r"^map_id:\s*(\d+)$", f.read(), re.M).group(1)
+            except OSError:
+                continue
+            r = subprocess.run(["bpftool", "-j", "map", "show", "id", mid], capture_output=True,
+                               text=True)
+            if r.returncode == 0 and json.loads(r.stdout).get("name") == name:
+                return mid
+        fail(f"sonded holds no BPF map named {name}")
+
+    def in_map(mid, pid):
+        key = [str(b) for b in pid.to_bytes(4, "little")]
+        return subprocess.run(["bpftool", "map", "lookup", "id", mid, "key", *key],
+                              capture_output=True).returncode == 0
+
+    port_a, port_b = free_port(), free_port()
+    srv_a = serve(port_a)
+    old = http.client.HTTPConnection("127.0.0.1", port_a, timeout=30)
+    requests(port_a, ["/ok"], old)  # accepted, and answered, before sonded
+    script = listeners_script("listeners.lua", window_s=1, series_ttl_s=4,
+                              routes="/users/{id}/orders, /files/*")
+    with Sonded("--script", script, "--plugin-dir", plugin_dir) as d:
+        srv_b = serve(port_b)
+        requests(port_a, ["/ok"] * 4, old)
+        requests(port_a, ["/users/17/orders"] * 3 + ["/files/a/b.txt"] * 2 + ["/users/17"])
+        requests(port_b, ["/ok"] * 5 + ["/missing"] * 2)
+        text, m = series(d)
+        want = {(port_a, "/ok", 200): 4, (port_a, "/users/{id}/orders", 200): 3,
+                (port_a, "/files/*", 404): 2, (port_a, "/users/*", 200): 1,
+                (port_b, "/ok", 200): 5, (port_b, "/missing", 404): 2}
+        for (port, route, status), n in want.items():
+            got = sample(m, "http_server_request_duration_seconds_count", service_name="python3",
+                         server_port=port, http_route=route, http_response_status_code=status,
+                         http_request_method="GET")
+            if got != n:
+                fail(f"watch = listeners, port {port} {route} {status}: {got} counted, {n} sent"
+                     f"\n{text}\n{d.output()}")
+        for port in (port_a, port_b):
+            if sum(v for (name, ls), v in m.items() if ("server_port", str(port)) in ls and
+                   name == "http_server_request_duration_seconds_count") != \
+                    sum(n for (p, _, _), n in want.items() if p == port):
+                fail(f"watch = listeners: port {port} has series beyond those sent\n{text}")
+        print(f"ok: watch = listeners counted the servers started before ({port_a}, with a "
+              f"connection from before) and after ({port_b}) sonded exactly, with patterns")
+        # The exit of B takes it out of the listeners map (and the targets).
+        mid = bpf_map_id(d, "listeners")
+        if not in_map(mid, srv_a.pid) or not in_map(mid, srv_b.pid):
+            fail(f"the servers {srv_a.pid} and {srv_b.pid} are not both in the listeners map")
+        srv_b.terminate()
+        srv_b.wait(timeout=10)
+        deadline = time.time() + 5
+        while in_map(mid, srv_b.pid):
+            if time.time() > deadline:
+                fail(f"server {srv_b.pid} exited but is still in the listeners map")
+            time.sleep(0.1)
+        if not in_map(mid, srv_a.pid):
+            fail(f"server {srv_a.pid} left the listeners map while it runs")
+        # series_ttl_s = 4: both servers' series leave /metrics (a window,
+        # 1 s, sends them first; the sweep runs every second).
+        deadline = time.time() + 12
+        while True:
+            text, m = series(d)
+            left = [ls for (name, ls), _ in m.items()
+                    if name == "http_server_request_duration_seconds_count" and
+                    ({("server_port", str(port_a)), ("server_port", str(port_b))} & ls)]
+            if not left:
+                break
+            if time.time() > deadline:
+                fail(f"series still on /metrics 12 s after their last request: {left}")
+            time.sleep(0.5)
+        if d.metric("sonde_plugin_red_metrics_series_expired_total") < len(want):
+            fail("sonde_plugin_red_metrics_series_expired_total does not count them")
+        print("ok: the exited server left the listeners map, the series left /metrics "
+              "after series_ttl_s")
+
+    # listen_ports: A (before sonded) and D (after) are not on it, C (before)
+    # and E (after) are.
+    port_c, port_d, port_e = free_port(), free_port(), free_port()
+    serve(port_c)
+    script = listeners_script("ports.lua", listen_ports=f"{port_c} {port_e}")
+    with Sonded("--script", script, "--plugin-dir", plugin_dir) as d:
+        serve(port_d)
+        serve(port_e)
+        requests(port_a, ["/ok"] * 3)
+        requests(port_d, ["/ok"] * 3)
+        requests(port_c, ["/ok"] * 2)
+        requests(port_e, ["/missing"] * 4)
+        text, m = series(d)
+        for port in (port_a, port_d):
+            if any(("server_port", str(port)) in ls for (_, ls) in m):
+                fail(f"listen_ports = {port_c} {port_e}: port {port} is counted\n{text}")
+        for port, route, status, n in ((port_c, "/ok", 200, 2), (port_e, "/missing", 404, 4)):
+            got = sample(m, "http_server_request_duration_seconds_count", service_name="python3",
+                         server_port=port, http_route=route, http_response_status_code=status)
+            if got != n:
+                fail(f"listen_ports: port {port} {route}: {got} counted, {n} sent\n{text}")
+        print(f"ok: listen_ports kept ports {port_a} and {port_d} out and counted {port_c} "
+              f"(before sonded) and {port_e} (after) exactly")
 finally:
     for p in reversed(procs):
         if p.poll() is None:

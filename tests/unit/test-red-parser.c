@@ -278,6 +278,92 @@ static void test_route(void **state)
 	assert_int_equal(sonde_red_route("/a", out, 2), 0);
 }
 
+static void check_match(const struct sonde_red_patterns *p, const char *path, const char *want)
+{
+	const char *got = sonde_red_patterns_match(p, path);
+
+	if (want ? !got || strcmp(got, want) : got != NULL)
+		fail_msg("'%s' matches '%s', wanted '%s'", path, got ? got : "(none)",
+			 want ? want : "(none)");
+}
+
+static void check_bad_patterns(const char *spec, const char *want)
+{
+	struct sonde_red_patterns p;
+	char err[256] = "";
+
+	assert_int_equal(sonde_red_patterns_parse(spec, &p, err, sizeof(err)), -EINVAL);
+	if (strcmp(err, want))
+		fail_msg("routes = \"%s\": error '%s', wanted '%s'", spec, err, want);
+}
+
+/* The script's route patterns: segment-wise, first match wins, as written. */
+static void test_route_patterns(void **state)
+{
+	struct sonde_red_patterns p;
+	char err[256] = "", spec[64 * 8 + 16], *o = spec;
+	int i;
+
+	(void)state;
+	assert_int_equal(sonde_red_patterns_parse(
+				 " /users/{id}/orders/{order} ,/users/{id},/static/*\t/users/me "
+				 "/health",
+				 &p, err, sizeof(err)),
+			 0);
+	assert_int_equal(p.count, 5);
+	assert_string_equal(p.pattern[0], "/users/{id}/orders/{order}");
+	assert_string_equal(p.pattern[4], "/health");
+	check_match(&p, "/users/42", "/users/{id}");
+	check_match(&p, "/users/42/", "/users/{id}");
+	check_match(&p, "/users/alice/orders/7", "/users/{id}/orders/{order}");
+	check_match(&p, "/users/me", "/users/{id}"); /* first match wins, not the best */
+	check_match(&p, "/users/42/orders", NULL);
+	check_match(&p, "/users/42/orders/7/items", NULL);
+	check_match(&p, "/users", NULL);
+	check_match(&p, "/static/css/app.css", "/static/*");
+	check_match(&p, "/static", "/static/*"); /* the rest may be nothing */
+	check_match(&p, "/staticx/a", NULL);
+	check_match(&p, "/health", "/health");
+	check_match(&p, "/Health", NULL);
+	check_match(&p, "*", NULL);
+	check_match(&p, "", NULL);
+	/* none: nothing matches, "" and NULL alike */
+	assert_int_equal(sonde_red_patterns_parse("", &p, err, sizeof(err)), 0);
+	assert_int_equal(p.count, 0);
+	check_match(&p, "/users/1", NULL);
+	assert_int_equal(sonde_red_patterns_parse(NULL, &p, err, sizeof(err)), 0);
+	assert_int_equal(sonde_red_patterns_parse("/", &p, err, sizeof(err)), 0);
+	check_match(&p, "/", "/");
+	check_match(&p, "/a", NULL);
+
+	check_bad_patterns("/ok users/{id}",
+			   "routes: bad pattern 'users/{id}': it does not start with '/'");
+	check_bad_patterns("/users/{id", "routes: bad pattern '/users/{id': unbalanced braces");
+	check_bad_patterns("/users/id}/x", "routes: bad pattern '/users/id}/x': unbalanced braces");
+	check_bad_patterns("/a/{{id}}", "routes: bad pattern '/a/{{id}}': unbalanced braces");
+	check_bad_patterns("/v{n}/x", "routes: bad pattern '/v{n}/x': a {name} must be a whole "
+				      "segment, with a name");
+	check_bad_patterns("/a/{}", "routes: bad pattern '/a/{}': a {name} must be a whole "
+				    "segment, with a name");
+	check_bad_patterns("/a/*/b", "routes: bad pattern '/a/*/b': '*' must be the last segment");
+	check_bad_patterns("/a/b*", "routes: bad pattern '/a/b*': '*' must be a whole segment");
+	memset(spec, 'a', 130);
+	spec[0] = '/';
+	spec[130] = '\0';
+	check_bad_patterns(spec, "routes: bad pattern '/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+				 "aaaaaaaaaaaa...': longer than 127 bytes");
+	/* 127 bytes is the longest */
+	spec[127] = '\0';
+	assert_int_equal(sonde_red_patterns_parse(spec, &p, err, sizeof(err)), 0);
+	for (i = 0; i < SONDE_RED_PATTERNS_MAX + 1; i++)
+		o += sprintf(o, "/p%d ", i);
+	check_bad_patterns(spec, "routes: too many patterns (at most 64) at '/p64'");
+	o[-5] = '\0'; /* the 64 first */
+	assert_int_equal(sonde_red_patterns_parse(spec, &p, err, sizeof(err)), 0);
+	assert_int_equal(p.count, SONDE_RED_PATTERNS_MAX);
+	assert_string_equal(p.pattern[63], "/p63");
+}
+
 /* Recorded records: what red.bpf.c emits, one per exchange. */
 struct rec {
 	struct red_event ev;
@@ -570,6 +656,101 @@ static void test_agg_client(void **state)
 	assert_non_null(strstr(written(), "# TYPE http_client_request_duration_seconds histogram"));
 }
 
+static int setup_ttl(void **state)
+{
+	struct sonde_red_patterns pat;
+	struct sonde_red_agg_opts opts = {
+		.max_routes = 2, .patterns = &pat, .series_ttl_ns = 10ULL * 1000000000ULL};
+	char err[128];
+
+	(void)state;
+	assert_int_equal(sonde_red_patterns_parse("/orders/{id}", &pat, err, sizeof(err)), 0);
+	agg = sonde_red_agg__new(&opts);
+	assert_non_null(agg);
+	assert_int_equal(sonde_red_agg__set_service(agg, 100, "web"), 0);
+	return 0;
+}
+
+#define SEC 1000000ULL /* put() takes microseconds */
+
+static void window(void)
+{
+	void *buf;
+	size_t len;
+
+	assert_int_equal(sonde_red_agg__window(agg, 1e9, 10, &buf, &len), 0);
+	free(buf);
+}
+
+static void get(uint64_t at_us, const char *path)
+{
+	char head[64];
+
+	snprintf(head, sizeof(head), "GET %s HTTP/1.1\r\n\r\n", path);
+	put(RED_END_LENGTH, 5, at_us, at_us + 1000, head, 200, 39, 39, 0);
+}
+
+/*
+ * Patterns and the series TTL (10 s here), on the records' own clock:
+ * pattern routes are not capped; an expired series leaves /metrics and its
+ * route's place under max_routes (2 here), but its route string stays for
+ * the profiles' labels; a series with requests a window has not sent stays.
+ */
+static void test_agg_patterns_ttl(void **state)
+{
+	const struct sonde_red_agg_stats *st = sonde_red_agg__stats(agg);
+	const char *method = NULL, *route = NULL;
+
+	(void)state;
+	get(1 * SEC, "/a");
+	get(2 * SEC, "/orders/17");
+	get(3 * SEC, "/b");
+	get(4 * SEC, "/c"); /* max_routes: /a and /b */
+	get(4 * SEC + SEC / 2, "/orders/18"); /* a pattern: never capped */
+	assert_int_equal(st->route_overflow, 1);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "_OTHER",
+								     "}") " 1");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/orders/{id}",
+								     "}") " 2");
+	window();
+	/* 11.5 s: /a's last request ended at 1.001 s, over 10 s ago */
+	get(11 * SEC + SEC / 2, "/b");
+	assert_int_equal(st->series_expired, 1);
+	assert_null(strstr(written(), "http_route=\"/a\""));
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/b", "}") " 2");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/orders/{id}",
+								     "}") " 2");
+	/* the profiles may still ask about /a's exchange: its strings are there */
+	assert_true(sonde_red_agg__exchange(agg, 100, 1 * SEC * 1000, &method, &route));
+	assert_string_equal(route, "/a");
+	assert_string_equal(method, "GET");
+	/* /a's place under max_routes is free again: /c gets it */
+	get(12 * SEC, "/c");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/c", "}") " 1");
+	assert_int_equal(st->route_overflow, 1);
+	/* a time behind the records' changes nothing */
+	assert_int_equal(sonde_red_agg__expire(agg, 5 * SEC * 1000), 0);
+	/* 100 s: all are old, but /b and /c have requests no window sent yet */
+	assert_int_equal(sonde_red_agg__expire(agg, 100 * SEC * 1000), 2); /* /orders, _OTHER */
+	assert_null(strstr(written(), "http_route=\"/orders/{id}\""));
+	assert_null(strstr(written(), "http_route=\"_OTHER\""));
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/b", "}") " 2");
+	window();
+	assert_int_equal(sonde_red_agg__expire(agg, 100 * SEC * 1000), 2);
+	assert_int_equal(st->series_expired, 5);
+	assert_null(strstr(written(), "http_server_request_duration_seconds_count{"));
+	/* every place is free: two new routes, no overflow */
+	get(101 * SEC, "/x");
+	get(101 * SEC, "/y");
+	assert_int_equal(st->route_overflow, 1);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/y", "}") " 1");
+	/* /b again, once expired: /x and /y hold the places now */
+	get(101 * SEC, "/b");
+	assert_int_equal(st->route_overflow, 2);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "_OTHER",
+								     "}") " 1");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -581,6 +762,7 @@ int main(void)
 		cmocka_unit_test(test_request_garbage),
 		cmocka_unit_test(test_response),
 		cmocka_unit_test(test_route),
+		cmocka_unit_test(test_route_patterns),
 		cmocka_unit_test_setup_teardown(test_agg_keepalive, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_no_body, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_forced_and_aborted, setup, teardown),
@@ -588,6 +770,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_agg_bad_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_window, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_client, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_agg_patterns_ttl, setup_ttl, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
