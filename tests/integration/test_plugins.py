@@ -14,6 +14,13 @@ import time
 
 from sondetest import (Sonded, build_dir, fail, http_get, require_root, scratch_dir, sondectl_path, sonded_path)
 
+# The plugin ABI this tree's sonded speaks, as its header says.
+_src = os.environ.get("SONDE_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+with open(os.path.join(_src, "core", "include", "sonde", "plugin.h")) as _f:
+    _h = _f.read()
+CORE_ABI = ".".join(re.search(rf"#define SONDE_PLUGIN_ABI_{part} (\d+)", _h).group(1)
+                    for part in ("MAJOR", "MINOR"))
+
 require_root()
 
 plugins = os.path.join(build_dir(), "tests", "plugins")
@@ -50,7 +57,7 @@ try:
         log = d.output()
         if "plugin good: up: verbose=0 depth=32 label=from-script" not in log:
             fail(f"the good plugin did not start with the script's settings:\n{log}")
-        want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks 1.2: "
+        want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks {CORE_ABI}: "
                 "going on without plugin wrong-abi")
         if want not in log:
             fail(f"no clear line for the broken plugin (wanted '{want}'):\n{log}")
@@ -93,7 +100,7 @@ with open(script, "w") as f:
 r = subprocess.run([sonded_path(), "--script", script, "--plugin-dir", plugins, "--http", "none",
                     "--export", "none", "--control", "none"],
                    capture_output=True, text=True, timeout=60)
-want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks 1.2 "
+want = (f"{plugins}/sonde-wrong-abi.so: plugin ABI 99.0, this sonded speaks {CORE_ABI} "
         "(the script requires plugin wrong-abi)")
 if r.returncode != 1 or want not in r.stderr:
     fail(f"a required broken plugin: exit {r.returncode}, wanted '{want}':\n{r.stderr}")
