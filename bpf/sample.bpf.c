@@ -72,7 +72,11 @@ int sample(struct bpf_perf_event_data *ctx)
 			s->tag = *tag;
 	}
 
-	n = bpf_get_stack(ctx, s->frames, SONDE_MAX_KSTACK * sizeof(__u64), 0);
+	/* interrupted in user mode, the thread has no kernel stack to show:
+	 * skip the helper's callchain set-up */
+	n = 0;
+	if (!(s->flags & SONDE_SAMPLE_USER_MODE))
+		n = bpf_get_stack(ctx, s->frames, SONDE_MAX_KSTACK * sizeof(__u64), 0);
 	if (n < 0) {
 		s->flags |= SONDE_SAMPLE_KSTACK_ERROR;
 		sonde_stat_inc(SONDE_STAT_KSTACK_ERRORS);
