@@ -78,8 +78,24 @@ static __always_inline __u64 read_u64(__u64 addr, int *err)
 	return v;
 }
 
+/* The current thread's id as its own pid namespace numbers it: what
+ * CPython keeps in PyThreadState.native_thread_id (gettid() in a container
+ * is not the id the sample carries). */
+static __always_inline __u32 ns_tid(void)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pid *pid = BPF_CORE_READ(task, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+	struct upid up = {};
+
+	if (bpf_core_read(&up, sizeof(up), &pid->numbers[level & 31]))
+		return 0;
+	return (__u32)up.nr;
+}
+
 /* The thread state of the current thread: its pthread key slot (exact), or
- * else the GIL holder; either must name this thread. */
+ * else the GIL holder; either must name this thread (tid: in its own pid
+ * namespace). */
 static __always_inline __u64 py_tstate(const struct py_proc *p, __u32 tid)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -329,9 +345,9 @@ static __always_inline void walk_frames(struct walk *w)
 }
 
 /* The thread's innermost interpreter frame, or 0 (counted). */
-static __always_inline __u64 current_frame(const struct py_proc *p, __u32 tid)
+static __always_inline __u64 current_frame(const struct py_proc *p)
 {
-	__u64 tstate = py_tstate(p, tid), cframe, frame;
+	__u64 tstate = py_tstate(p, ns_tid()), cframe, frame;
 	int err = 0;
 
 	if (!tstate) {
@@ -379,10 +395,10 @@ int unwind_python(struct bpf_perf_event_data *ctx)
 		if (st->interp[0] > 1)
 			w.at.frame = st->interp[0];
 		else if (!st->interp[0] && w.p)
-			w.at.frame = current_frame(w.p, s->tid);
+			w.at.frame = current_frame(w.p);
 	} else if (w.p) {
 		w.at.base = s->kstack_len;
-		w.at.frame = current_frame(w.p, s->tid);
+		w.at.frame = current_frame(w.p);
 	}
 	if (w.at.frame && w.p && w.win)
 		walk_frames(&w);
