@@ -93,6 +93,13 @@ static void read_value(Elf *elf, const GElf_Sym *sym, struct plugin_dynsym *w)
 		return;
 	memcpy(&w->value, (const char *)d->d_buf + (sym->st_value - sh.sh_addr), 4);
 	w->has_value = true;
+	w->words[0] = w->value;
+	w->nwords = 1;
+	while (w->nwords < 3 && sym->st_value + 4 * (w->nwords + 1) <= sh.sh_addr + d->d_size) {
+		memcpy(&w->words[w->nwords],
+		       (const char *)d->d_buf + (sym->st_value - sh.sh_addr) + 4 * w->nwords, 4);
+		w->nwords++;
+	}
 }
 
 int plugin_elf_dynsyms(const char *file, struct plugin_dynsym *want, size_t n,
@@ -107,6 +114,7 @@ int plugin_elf_dynsyms(const char *file, struct plugin_dynsym *want, size_t n,
 	for (k = 0; k < n; k++) {
 		want[k].addr = 0;
 		want[k].has_value = false;
+		want[k].nwords = 0;
 	}
 	*base_vaddr = 0;
 	elf_version(EV_CURRENT);

@@ -55,6 +55,8 @@ struct plugin_dynsym {
 	uint64_t size;   /* out: its st_size */
 	uint32_t value;  /* out: the first 4 bytes of its data in the file ... */
 	bool has_value;  /* ... when the file holds them (not .bss) */
+	uint32_t words[3]; /* out: its first nwords 4-byte words (up to 12 bytes: */
+	int nwords;	   /*      glibc's thread_db descriptors) */
 };
 
 /*

@@ -72,10 +72,16 @@ static const struct py_layout layouts[] = {
 	 .bytes_data = 32},
 };
 
-/* glibc x86-64 (2.34+): struct pthread's specific_1stblock[key].data. */
+/* glibc x86-64 (2.34+): struct pthread's specific_1stblock[key].data; what
+ * a libc without the thread_db descriptors (below) is taken to have. */
 #define GLIBC_TSD_BASE	 792
 #define GLIBC_TSD_STRIDE 16
 #define GLIBC_TSD_KEYS	 32
+
+/* Where a thread's pthread key values are, from thread pointer. */
+struct glibc_tsd {
+	uint32_t base, stride, keys;
+};
 
 #define MAX_NAME      1024
 #define MAX_LINETABLE (64 << 10)
@@ -389,6 +395,62 @@ static int find_interpreter(uint32_t pid, char *path, size_t pathlen, int *minor
 	return ret;
 }
 
+/*
+ * The layout of pthread keys in the libc the process maps, from the
+ * descriptors glibc exports for libthread_db (a field's: size in bits,
+ * count, offset; a struct size: bytes): struct pthread's specific[] (the second-level
+ * pointers) follows specific_1stblock[], whose entries are struct
+ * pthread_key_data (seq, data). So a key's value in the first block is at
+ * tp + specific.offset - sizeof(level2 block) + key * sizeof(key_data) +
+ * data.offset. 0, or -ENOENT (no libc.so mapped, no descriptors, or values
+ * out of bounds: the caller keeps glibc 2.36's numbers).
+ */
+static int glibc_tsd(uint32_t pid, struct glibc_tsd *out)
+{
+	struct plugin_dynsym want[] = { { .name = "_thread_db_pthread_specific" },
+					{ .name = "_thread_db_pthread_key_data_data" },
+					{ .name = "_thread_db_sizeof_pthread_key_data" },
+					{ .name = "_thread_db_sizeof_pthread_key_data_level2" } };
+	char maps[64], line[PATH_MAX + 128], file[PATH_MAX + 32] = "";
+	uint32_t specific, data, stride, level2;
+	uint64_t base_vaddr;
+	size_t i;
+	FILE *f;
+
+	snprintf(maps, sizeof(maps), "/proc/%u/maps", pid);
+	f = fopen(maps, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		char *path = strchr(line, '/'), *base;
+
+		if (!path)
+			continue;
+		path[strcspn(path, "\n")] = '\0';
+		base = strrchr(path, '/') + 1;
+		if (!strncmp(base, "libc.so.", 8) || !strcmp(base, "libc.so")) {
+			snprintf(file, sizeof(file), "/proc/%u/root%s", pid, path);
+			break;
+		}
+	}
+	fclose(f);
+	if (!file[0] || plugin_elf_dynsyms(file, want, sizeof(want) / sizeof(want[0]), &base_vaddr))
+		return -ENOENT;
+	for (i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+		if (want[i].nwords < (i < 2 ? 3 : 1))
+			return -ENOENT;
+	specific = want[0].words[2]; /* fields: {bits, count, offset} */
+	data = want[1].words[2];
+	stride = want[2].words[0]; /* sizes: bytes */
+	level2 = want[3].words[0];
+	if (stride < 8 || stride > 64 || level2 < stride || level2 > specific || data >= stride)
+		return -ENOENT;
+	*out = (struct glibc_tsd){ .base = specific - level2 + data,
+				   .stride = stride,
+				   .keys = level2 / stride };
+	return 0;
+}
+
 /* The walker reads these in one PY_FRAME_HEAD-byte read. */
 static bool frame_head_fits(const struct py_layout *l)
 {
@@ -458,6 +520,7 @@ static int py_attach(void *state, const struct sonde_plugin_process *proc, char 
 	const struct py_layout *l = NULL;
 	char path[PATH_MAX], file[PATH_MAX + 32];
 	struct py_proc bp = {};
+	struct glibc_tsd tsd = { 0 };
 	struct syms s;
 	struct proc *p;
 	uint64_t start = 0, bias;
@@ -497,12 +560,18 @@ static int py_attach(void *state, const struct sonde_plugin_process *proc, char 
 		return SONDE_DECLINE;
 	}
 	bias = start - s.base_vaddr;
+	if (glibc_tsd(proc->pid, &tsd))
+		tsd = (struct glibc_tsd){ GLIBC_TSD_BASE, GLIBC_TSD_STRIDE, GLIBC_TSD_KEYS };
+	else
+		py->api->log(py->host, SONDE_PLUGIN_LOG_DEBUG,
+			     "pid %u: pthread keys at tp+%u, %u bytes each, %u in the first block "
+			     "(libc's thread_db)", proc->pid, tsd.base, tsd.stride, tsd.keys);
 	bp = (struct py_proc){
 		.tss_key = bias + s.runtime + l->rt_tss_key,
 		.gil_tstate = bias + s.runtime + l->rt_gil_tstate,
-		.tsd_base = GLIBC_TSD_BASE,
-		.tsd_stride = GLIBC_TSD_STRIDE,
-		.tsd_keys = GLIBC_TSD_KEYS,
+		.tsd_base = tsd.base,
+		.tsd_stride = tsd.stride,
+		.tsd_keys = tsd.keys,
 		.ts_cframe = l->ts_cframe,
 		.ts_thread_id = l->ts_thread_id,
 		.cf_frame = l->cf_frame,
