@@ -89,7 +89,7 @@ static __always_inline int sonde_user_regs(struct bpf_perf_event_data *ctx,
 					   const struct sonde_sample *s, struct sonde_user_regs *r)
 {
 	struct task_struct *task;
-	struct pt_regs *regs, uregs;
+	struct pt_regs *regs;
 
 	if (s->flags & SONDE_SAMPLE_USER_MODE) {
 		__u64 ip = ctx->regs.ip, sp = ctx->regs.sp, bp = ctx->regs.bp;
@@ -107,12 +107,13 @@ static __always_inline int sonde_user_regs(struct bpf_perf_event_data *ctx,
 	task = bpf_get_current_task_btf();
 	if (task->flags & SONDE_PF_KTHREAD)
 		return SONDE_REGS_KTHREAD;
+	/* field by field: a pt_regs copy would take 168 bytes of a stack the
+	 * walkers' callbacks share (512 in all on 6.1) */
 	regs = (struct pt_regs *)bpf_task_pt_regs(task);
-	if (bpf_probe_read_kernel(&uregs, sizeof(uregs), regs))
+	if (bpf_probe_read_kernel(&r->ip, sizeof(r->ip), &regs->ip) ||
+	    bpf_probe_read_kernel(&r->sp, sizeof(r->sp), &regs->sp) ||
+	    bpf_probe_read_kernel(&r->bp, sizeof(r->bp), &regs->bp))
 		return SONDE_REGS_READ_FAILED;
-	r->ip = uregs.ip;
-	r->sp = uregs.sp;
-	r->bp = uregs.bp;
 	return SONDE_REGS_OK;
 }
 
