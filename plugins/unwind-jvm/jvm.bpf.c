@@ -10,7 +10,11 @@
  * stepped over by its frame size, as HotSpot itself does, so no
  * -XX:+PreserveFramePointer is needed; other blobs (stubs, adapters) by their
  * frame size, or by rbp when they have none. Native frames (libjvm.so, libc)
- * are followed by rbp, as the kernel's walk does.
+ * are followed by rbp, as the kernel's walk does; but native code called
+ * from Java (a JNI method in a library built without frame pointers, such
+ * as zlib) often leaves rbp unusable, so when the thread has left Java its
+ * last Java frame is taken from the frame anchor HotSpot keeps in the
+ * thread (JavaFrameAnchor: sp, pc, fp), found through jvm_threads.
  *
  * perfmap: the kernel's frame-pointer walk (which follows a JVM run with
  * -XX:+PreserveFramePointer through all its frames), with every pc in the
@@ -22,6 +26,7 @@
  * VMStructs: this code has no JVM version in it.
  */
 #include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "sample.bpf.h"
@@ -38,6 +43,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct jvm_proc);
 } jvm_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, JVM_MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct jvm_thread);
+} jvm_threads SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -57,6 +69,36 @@ struct {
 	__type(key, __u32);
 	__type(value, struct native_buf);
 } jvm_native SEC(".maps");
+
+/*
+ * What the walker learnt of the code blob holding a code heap segment,
+ * kept per CPU in a direct-mapped cache keyed by process and segment: a hot
+ * stack runs in and returns to the same segments sample after sample, and
+ * the segment map walk and the blob's fields cost a read each. A segment
+ * belongs to one block at a time; an entry is taken again only if its
+ * check still holds: an nmethod's compile id (never reused, so a freed or
+ * replaced one fails), another blob's name pointer.
+ */
+#define JVM_BLOB_SLOTS 1024
+
+struct blob_slot {
+	__u64 seg; /* pc >> segment_shift */
+	__u64 blob;
+	__u64 code_begin;
+	__u64 check;
+	__u32 pid;
+	__u32 frame_size; /* words */
+	__s32 complete;	  /* CodeBlob::_frame_complete_offset */
+	__u32 is_nmethod;
+};
+_Static_assert(sizeof(struct blob_slot) == 48, "struct blob_slot layout");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, JVM_BLOB_SLOTS);
+	__type(key, __u32);
+	__type(value, struct blob_slot);
+} jvm_blobs SEC(".maps");
 
 static __always_inline void jvm_error(__u32 reason)
 {
@@ -116,11 +158,18 @@ static long copy_one(__u32 i, void *data)
 #define PF_KTHREAD   0x00200000		 /* include/linux/sched.h */
 #define NMETHOD_NAME 0x646f6874656d6eULL /* "nmethod\0", little-endian */
 #define ADDR_MASK    0xffffffffffffULL
+/* An interpreter frame's slots are read at once: JVM_INTERP_BELOW bytes
+ * below rbp (the bcp slot is at most 112 below: frame_x86.hpp's layout,
+ * interpreter_frame_last_sp_offset >= -8, checked by userspace), then the
+ * saved rbp and the return address. */
+#define JVM_INTERP_BELOW 112
+#define JVM_INTERP_WORDS 16
 
 struct walk {
 	struct sonde_sample *s;
 	const struct jvm_proc *p;
 	__u64 pc, sp, fp, r13;
+	__u64 asp, apc, afp; /* the thread's last Java frame, asp 0: none (or used) */
 	__u32 base;  /* first user word of the sample */
 	__u32 words; /* user words written */
 	__u32 top;   /* at the interrupted frame: pc is exact, r13 is live */
@@ -213,18 +262,25 @@ static __always_inline __u64 find_blob(struct walk *w, __u32 *reason)
  * bcp of the running frame lives in r13 until it calls out; the slot is
  * written only then). The caller: return address above rbp, its sp saved
  * in the frame (before the interpreter grew it for locals), its rbp at rbp. */
+/* The index in the window of a slot at off from rbp. */
+static __always_inline __u32 slot(__s32 off)
+{
+	return ((__u32)(off + JVM_INTERP_BELOW) >> 3) & (JVM_INTERP_WORDS - 1);
+}
+
 static __always_inline long interp_frame(struct walk *w)
 {
 	const struct jvm_proc *p = w->p;
-	__u64 fp = w->fp, method, bcp, d;
-	int err = 0;
+	__u64 fp = w->fp, method, bcp, d, win[JVM_INTERP_WORDS];
 
 	if (!fp || (fp & 7) || fp < w->sp)
 		return stop(w, JVM_ERR_NO_FRAME);
-	method = rd64(fp + (__s64)p->fp_method, &err);
-	bcp = rd64(fp + (__s64)p->fp_bcp, &err);
-	if (err)
+	/* One read for the frame's slots: [fp - 112, fp + 16), where
+	 * userspace checked that the offsets fall. */
+	if (bpf_probe_read_user(win, sizeof(win), (const void *)(fp - JVM_INTERP_BELOW)))
 		return stop(w, JVM_ERR_READ);
+	method = win[slot(p->fp_method)];
+	bcp = win[slot(p->fp_bcp)];
 	/* r13 holds the bcp only once the method runs: a value within a
 	 * method's 64 KiB of bytecode of the saved one is taken. */
 	d = w->r13 > bcp ? w->r13 - bcp : bcp - w->r13;
@@ -235,11 +291,9 @@ static __always_inline long interp_frame(struct walk *w)
 			(bcp & ADDR_MASK),
 		method, 2))
 		return 1;
-	w->pc = rd64(fp + 8, &err);
-	w->sp = rd64(fp + (__s64)p->fp_sender_sp, &err);
-	w->fp = rd64(fp, &err);
-	if (err)
-		return stop(w, JVM_ERR_READ);
+	w->pc = win[JVM_INTERP_BELOW / 8 + 1];
+	w->sp = win[slot(p->fp_sender_sp)];
+	w->fp = win[JVM_INTERP_BELOW / 8];
 	if (w->sp < fp + 16)
 		return stop(w, JVM_ERR_NO_FRAME);
 	w->top = 0;
@@ -249,31 +303,92 @@ static __always_inline long interp_frame(struct walk *w)
 /* A frame whose code keeps rbp as its frame pointer. */
 static __always_inline long fp_step(struct walk *w)
 {
-	__u64 fp = w->fp;
-	int err = 0;
+	__u64 fp = w->fp, saved[2];
 
 	if (!fp || (fp & 7) || fp < w->sp) {
 		w->pc = 0; /* the end of the chain, as for the kernel's walk */
 		return 1;
 	}
-	w->pc = rd64(fp + 8, &err);
-	w->fp = rd64(fp, &err);
-	w->sp = fp + 16;
-	w->top = 0;
-	if (err) {
+	/* the saved rbp and the return address, in one read */
+	if (bpf_probe_read_user(saved, sizeof(saved), (const void *)fp)) {
 		w->pc = 0;
 		return 1;
 	}
+	w->fp = saved[0];
+	w->pc = saved[1];
+	w->sp = fp + 16;
+	w->top = 0;
+	return 0;
+}
+
+/* A native frame below the thread's last Java frame: rbp while it leads to
+ * a frame below that one, then the last Java frame itself. */
+static __always_inline long native_step(struct walk *w)
+{
+	__u64 fp = w->fp;
+	int err = 0;
+
+	if (fp >= w->sp && !(fp & 7) && fp + 16 <= w->asp && !fp_step(w) && w->pc &&
+	    w->sp < w->asp)
+		return 0;
+	w->sp = w->asp;
+	w->pc = w->apc ? w->apc : rd64(w->asp - 8, &err);
+	if (w->afp)
+		w->fp = w->afp;
+	w->asp = 0;
+	w->top = 0;
+	if (err)
+		return stop(w, JVM_ERR_READ);
+	return 0;
+}
+
+/* The blob at w->pc from the cache, or from the segment map and the blob
+ * itself (then cached). 0, or the reason to stop. */
+static __always_inline __u32 blob_at(struct walk *w, struct blob_slot *out)
+{
+	const struct jvm_proc *p = w->p;
+	__u32 pid = w->s->hdr.pid, reason = 0, key;
+	__u64 name = 0, name_ptr, check, seg = w->pc >> (p->segment_shift & 31);
+	struct blob_slot *c;
+	int err = 0;
+
+	key = (__u32)(seg ^ (seg >> 10) ^ ((__u64)pid * 0x9e3779b1ULL)) & (JVM_BLOB_SLOTS - 1);
+	c = bpf_map_lookup_elem(&jvm_blobs, &key);
+	if (c && c->seg == seg && c->pid == pid && c->blob) {
+		*out = *c;
+		check = out->is_nmethod ? rd32(out->blob + p->nm_compile_id, &err)
+					: rd64(out->blob + p->blob_name, &err);
+		if (!err && check == out->check)
+			return 0;
+		err = 0;
+	}
+	out->blob = find_blob(w, &reason);
+	if (!out->blob)
+		return reason;
+	name_ptr = rd64(out->blob + p->blob_name, &err);
+	out->frame_size = rd32(out->blob + p->blob_frame_size, &err);
+	out->complete = (__s32)rd32(out->blob + p->blob_frame_complete, &err);
+	out->code_begin = rd64(out->blob + p->blob_code_begin, &err);
+	if (!err && bpf_probe_read_user(&name, sizeof(name), (const void *)name_ptr))
+		err = 1;
+	out->is_nmethod = name == NMETHOD_NAME;
+	out->check = out->is_nmethod ? rd32(out->blob + p->nm_compile_id, &err) : name_ptr;
+	if (err)
+		return JVM_ERR_READ;
+	out->seg = seg;
+	out->pid = pid;
+	if (c)
+		*c = *out;
 	return 0;
 }
 
 static long step(__u32 i, void *data)
 {
 	struct walk *w = data;
+	__u64 csp, aux, ra[2];
+	struct blob_slot b;
+	__u32 reason, fs;
 	const struct jvm_proc *p = w->p;
-	__u64 blob, name_ptr, name = 0, code_begin, csp, aux;
-	__u32 reason = 0, fs, complete, cid;
-	int err = 0;
 
 	(void)i;
 	if (!w->pc)
@@ -281,48 +396,61 @@ static long step(__u32 i, void *data)
 	if (w->pc < p->code_lo || w->pc >= p->code_hi) {
 		if (put(w, w->pc, 0, 1))
 			return 1;
+		if (w->asp && w->sp < w->asp)
+			return native_step(w);
 		return fp_step(w);
 	}
 	if (w->pc >= p->interp_lo && w->pc < p->interp_hi)
 		return interp_frame(w);
-	blob = find_blob(w, &reason);
-	if (!blob)
+	reason = blob_at(w, &b);
+	if (reason)
 		return stop(w, reason);
-	name_ptr = rd64(blob + p->blob_name, &err);
-	fs = rd32(blob + p->blob_frame_size, &err);
-	complete = rd32(blob + p->blob_frame_complete, &err);
-	code_begin = rd64(blob + p->blob_code_begin, &err);
-	if (!err && bpf_probe_read_user(&name, sizeof(name), (const void *)name_ptr))
-		err = 1;
-	if (err)
-		return stop(w, JVM_ERR_READ);
-	if (name == NMETHOD_NAME) {
-		cid = rd32(blob + p->nm_compile_id, &err);
+	if (b.is_nmethod)
 		aux = (JVM_FRAME_NMETHOD << JVM_FRAME_TYPE_SHIFT) |
-		      ((__u64)(cid & JVM_CID_MASK) << 32) | (__u32)(w->pc - code_begin) |
+		      ((b.check & JVM_CID_MASK) << 32) | (__u32)(w->pc - b.code_begin) |
 		      (w->top ? 0 : JVM_FRAME_RET);
-	} else {
-		aux = (JVM_FRAME_BLOB << JVM_FRAME_TYPE_SHIFT) | (__u32)(w->pc - blob);
-	}
-	if (put(w, (jvm_kind << SONDE_FRAME_KIND_SHIFT) | aux, blob, 2))
+	else
+		aux = (JVM_FRAME_BLOB << JVM_FRAME_TYPE_SHIFT) | (__u32)(w->pc - b.blob);
+	if (put(w, (jvm_kind << SONDE_FRAME_KIND_SHIFT) | aux, b.blob, 2))
 		return 1;
-	if (w->top && w->pc < code_begin + (__s32)complete) {
+	fs = b.frame_size;
+	if (w->top && w->pc < b.code_begin + b.complete) {
 		/* The prologue: the frame is not all there yet. */
-		if (name == NMETHOD_NAME || fs)
+		if (b.is_nmethod || fs)
 			return stop(w, JVM_ERR_PROLOGUE);
 	}
 	if (!fs || fs > 0x100000)
 		return fp_step(w); /* stubs with a frame pointer of their own */
 	/* HotSpot's own step: the caller's sp is the frame's size above ours,
-	 * with the return address and the saved rbp just below it. */
+	 * with the saved rbp and the return address just below it. */
 	csp = w->sp + (__u64)fs * 8;
-	w->pc = rd64(csp - 8, &err);
-	w->fp = rd64(csp - 16, &err);
+	if (bpf_probe_read_user(ra, sizeof(ra), (const void *)(csp - 16)))
+		return stop(w, JVM_ERR_READ);
+	w->fp = ra[0];
+	w->pc = ra[1];
 	w->sp = csp;
 	w->top = 0;
-	if (err)
-		return stop(w, JVM_ERR_READ);
 	return 0;
+}
+
+/* The thread's last Java frame, if it has left Java code (its anchor's sp
+ * is 0 while it runs Java) and the sample's sp is on its stack. */
+static __always_inline void read_anchor(struct walk *w, __u32 tid)
+{
+	const struct jvm_thread *t = bpf_map_lookup_elem(&jvm_threads, &tid);
+	const struct jvm_proc *p = w->p;
+	__u64 asp;
+	int err = 0;
+
+	if (!t || w->sp < t->stack_lo || w->sp >= t->stack_hi)
+		return;
+	asp = rd64(t->anchor + p->anchor_sp, &err);
+	if (err || !asp || (asp & 7) || asp <= w->sp || asp > t->stack_hi)
+		return;
+	w->apc = rd64(t->anchor + p->anchor_pc, &err);
+	w->afp = rd64(t->anchor + p->anchor_fp, &err);
+	if (!err)
+		w->asp = asp;
 }
 
 /* The vmstructs path: the registers at the sample, then the walk. */
@@ -338,21 +466,26 @@ static __always_inline int walk_vmstructs(struct bpf_perf_event_data *ctx, struc
 		w.r13 = ctx->regs.r13;
 	} else {
 		struct task_struct *task = bpf_get_current_task_btf();
-		struct pt_regs uregs;
+		struct pt_regs *regs;
 
 		if (task->flags & PF_KTHREAD)
 			return sonde_sample_emit(s);
-		/* a copy: the compiler would merge these loads with the ctx ones
-		 * above, and the verifier refuses a ctx pointer moved that way */
-		if (bpf_probe_read_kernel(&uregs, sizeof(uregs), (void *)bpf_task_pt_regs(task))) {
+		/* field by field, through the helper: a pt_regs copy on the stack
+		 * took 6.1's verifier past 512 bytes with the walk's callback, and
+		 * plain loads would be merged with the ctx ones above into a moved
+		 * ctx pointer, which the verifier refuses */
+		regs = (struct pt_regs *)bpf_task_pt_regs(task);
+		w.pc = BPF_CORE_READ(regs, ip);
+		w.sp = BPF_CORE_READ(regs, sp);
+		w.fp = BPF_CORE_READ(regs, bp);
+		w.r13 = BPF_CORE_READ(regs, r13);
+		if (!w.pc) {
 			jvm_error(JVM_ERR_READ);
 			return sonde_sample_emit(s);
 		}
-		w.pc = uregs.ip;
-		w.sp = uregs.sp;
-		w.fp = uregs.bp;
-		w.r13 = uregs.r13;
 	}
+	if (p->has_anchors)
+		read_anchor(&w, s->tid);
 	bpf_loop(SONDE_MAX_USTACK, step, &w, 0);
 	s->ustack_len = w.words;
 	if (w.truncated || (w.pc && !w.err && w.words >= SONDE_MAX_USTACK - 1)) {

@@ -19,7 +19,10 @@
  * Method -> ConstMethod -> ConstantPool -> holder Klass and Symbols, the
  * line from the method's compressed line number table, and for compiled
  * code the scope chain of the PcDesc at the pc, so that inlined methods
- * become frames of their own. No JVM flags are needed.
+ * become frames of their own. No JVM flags are needed. Each second the
+ * JVM's thread list gives each Java thread's frame anchor and stack bounds
+ * (jvm_threads, by tid): the walker goes on from a thread's last Java frame
+ * when the native code above it (zlib under Deflater) has no frame pointer.
  *
  * "perfmap", the fallback (or forced by the setting path = "perfmap"): for
  * a JVM run with -XX:+PreserveFramePointer the kernel's frame-pointer walk
@@ -152,6 +155,41 @@ static const struct {
 	[O_PC_SCOPE] = {"PcDesc", "_scope_decode_offset"},
 };
 
+/*
+ * What the walker needs to go on from native code to the thread's last Java
+ * frame (JavaThread's frame anchor), and to find each thread's anchor by
+ * its tid: optional; without them native frames are followed by frame
+ * pointer only.
+ */
+enum thread_off {
+	T_LIST_LEN = 0,
+	T_LIST_THREADS,
+	T_OSTHREAD,
+	T_THREAD_ID,
+	T_ANCHOR,
+	T_STACK_BASE,
+	T_STACK_SIZE,
+	T_ANCHOR_SP,
+	T_ANCHOR_PC,
+	T_ANCHOR_FP,
+	T__COUNT,
+};
+
+static const struct {
+	const char *type, *alt, *field; /* alt: the type that holds it in other JDKs */
+} thread_offs[T__COUNT] = {
+	[T_LIST_LEN] = {"ThreadsList", NULL, "_length"},
+	[T_LIST_THREADS] = {"ThreadsList", NULL, "_threads"},
+	[T_OSTHREAD] = {"JavaThread", "Thread", "_osthread"},
+	[T_THREAD_ID] = {"OSThread", NULL, "_thread_id"},
+	[T_ANCHOR] = {"JavaThread", NULL, "_anchor"},
+	[T_STACK_BASE] = {"JavaThread", "Thread", "_stack_base"},
+	[T_STACK_SIZE] = {"JavaThread", "Thread", "_stack_size"},
+	[T_ANCHOR_SP] = {"JavaFrameAnchor", NULL, "_last_Java_sp"},
+	[T_ANCHOR_PC] = {"JavaFrameAnchor", NULL, "_last_Java_pc"},
+	[T_ANCHOR_FP] = {"JavaFrameAnchor", NULL, "_last_Java_fp"}, /* x86 */
+};
+
 /* Sizes it needs: the data after a ConstMethod (bytecode) and after a
  * ConstantPool (its slots) start there; a blob follows its HeapBlock. */
 enum vm_size { Z_HEAPBLOCK = 0, Z_CONSTMETHOD, Z_CONSTANTPOOL, Z_PCDESC, Z__COUNT };
@@ -174,7 +212,9 @@ struct walker_info {
 	int32_t ints[I__COUNT];
 	uint64_t heaps_addr;  /* &CodeCache::_heaps */
 	uint64_t interp_addr; /* &AbstractInterpreter::_code */
-	char missing[160];    /* why the walker cannot be used; "" when it can */
+	uint32_t toff[T__COUNT];
+	uint64_t threads_addr; /* &ThreadsSMRSupport::_java_thread_list, 0: no anchors */
+	char missing[160];     /* why the walker cannot be used; "" when it can */
 };
 
 /* One entry of gHotSpotVMStructs: a field's offset, or a static's address. */
@@ -216,6 +256,8 @@ struct proc {
 	char libjvm[PATH_MAX];
 	struct vm_info vm;
 	struct jvm_proc bp;    /* the walker's entry, when vm.w.missing is "" */
+	uint32_t *tids;	       /* its threads in jvm_threads, sorted */
+	size_t ntids;
 	struct perf_sym *syms; /* sorted by start */
 	size_t nsyms;
 	uint64_t requested_ms; /* last perf map request, 0: none */
@@ -276,6 +318,7 @@ static void free_proc(struct proc *p)
 	free(p->vm.fields);
 	free(p->vm.types);
 	free(p->syms);
+	free(p->tids);
 	free(p);
 }
 
@@ -725,6 +768,32 @@ static int take_int(struct reader *r, const uint8_t *e, const char *name, void *
 	return 0;
 }
 
+/* The thread anchors' offsets into vm->w; threads_addr stays 0 without
+ * them. */
+static void thread_info(struct vm_info *vm)
+{
+	struct walker_info *w = &vm->w;
+	const struct vm_field *f;
+	const struct vm_type *t;
+	int k;
+
+	w->threads_addr = 0;
+	for (k = 0; k < T__COUNT; k++) {
+		const char *type = thread_offs[k].type;
+
+		f = vm_field(vm, type, thread_offs[k].field);
+		if (!f && thread_offs[k].alt)
+			f = vm_field(vm, type = thread_offs[k].alt, thread_offs[k].field);
+		t = vm_type(vm, type);
+		if (!f || f->is_static || f->value > 65536 || (t && t->size && f->value >= t->size))
+			return;
+		w->toff[k] = (uint32_t)f->value;
+	}
+	f = vm_field(vm, "ThreadsSMRSupport", "_java_thread_list");
+	if (f && f->is_static)
+		w->threads_addr = f->value;
+}
+
 /*
  * What the walker needs, from the tables read: vm->w, with w->missing
  * saying why the walker cannot be used (then the JVM gets the perfmap
@@ -765,6 +834,7 @@ static int walker_info(struct reader *r, struct vm_info *vm, const struct syms *
 		return NO_WALKER(w, "no AbstractInterpreter::_code");
 	w->interp_addr = f->value;
 	w->heaps_addr = vm_field(vm, "CodeCache", "_heaps")->value; /* required */
+	thread_info(vm);
 	if (!s->addr[S_INTS])
 		return NO_WALKER(w, "libjvm.so exports no gHotSpotVMIntConstants");
 	rc = read_layout(&ir, s, bias, int_which, lay, 3);
@@ -781,7 +851,9 @@ static int walker_info(struct reader *r, struct vm_info *vm, const struct syms *
 	for (k = 0; k < I__COUNT; k++)
 		if (!(ic.found & (1U << k)))
 			return NO_WALKER(w, "gHotSpotVMIntConstants: no %s", vm_ints[k]);
-	/* Interpreter frames as laid out since JDK 9 (frame_x86.hpp): */
+	/* Interpreter frames as laid out since JDK 9 (frame_x86.hpp); the
+	 * walker reads their slots in one window from 112 bytes below rbp,
+	 * which these bounds keep them in: */
 	if (vm->major < 9)
 		return NO_WALKER(w, "JDK %d: interpreter frames laid out before JDK 9", vm->major);
 	if (w->ints[I_SENDER_SP] < -8 || w->ints[I_SENDER_SP] >= 0 || w->ints[I_LAST_SP] < -8 ||
@@ -854,6 +926,10 @@ static int read_code_heaps(struct reader *r, struct vm_info *vm, struct jvm_proc
 	bp->fp_sender_sp = w->ints[I_SENDER_SP] * 8;
 	bp->fp_method = (w->ints[I_LAST_SP] - 1) * 8;
 	bp->fp_bcp = (w->ints[I_LAST_SP] - 6) * 8;
+	bp->has_anchors = w->threads_addr != 0;
+	bp->anchor_sp = w->toff[T_ANCHOR_SP];
+	bp->anchor_pc = w->toff[T_ANCHOR_PC];
+	bp->anchor_fp = w->toff[T_ANCHOR_FP];
 	return 0;
 }
 
@@ -1269,6 +1345,8 @@ static void set_status(struct jvm *j, uint32_t pid, int attached, const char *no
 /* p got its tables: the walker's entry goes to BPF; on the vmstructs path
  * when the walker can read this JVM and the settings allow it, else on the
  * perfmap path, whose perf map is asked for. */
+static void refresh_threads(struct jvm *j, struct proc *p);
+
 static int start_path(struct jvm *j, struct proc *p)
 {
 	bool vms = !p->vm.w.missing[0] && strcmp(j->set.path, "perfmap");
@@ -1298,6 +1376,7 @@ static int start_path(struct jvm *j, struct proc *p)
 		    p->pid, p->vm.major, p->vm.release, p->vm.nfields, p->vm.ntypes, p->vm.code_lo,
 		    p->vm.code_hi, note);
 	set_status(j, p->pid, 1, vms ? "path vmstructs" : "path perfmap");
+	refresh_threads(j, p);
 	return 0;
 }
 
@@ -1347,6 +1426,149 @@ static uint16_t mem_u16(struct mem *m, uint64_t addr)
 
 	mem_read(m, addr, &v, sizeof(v));
 	return v;
+}
+
+/* ---- the threads' frame anchors ----------------------------------------------------------- */
+
+#define MAX_THREADS_READ 4096 /* Java threads of one JVM given an anchor */
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct tid_pair {
+	uint32_t ns, host;
+};
+
+static int cmp_pair(const void *a, const void *b)
+{
+	return cmp_u32(&((const struct tid_pair *)a)->ns, &((const struct tid_pair *)b)->ns);
+}
+
+/* The tids of a process in its own pid namespace and in ours, sorted by the
+ * former: a JVM in a container knows its threads by the first, samples
+ * carry the second. */
+static struct tid_pair *ns_tids(uint32_t pid, size_t *n)
+{
+	char path[PATH_MAX], line[256];
+	struct tid_pair *pairs = NULL, *t;
+	size_t cap = 0;
+	struct dirent *de;
+	DIR *dir;
+
+	*n = 0;
+	snprintf(path, sizeof(path), "/proc/%u/task", pid);
+	dir = opendir(path);
+	if (!dir)
+		return NULL;
+	while ((de = readdir(dir))) {
+		unsigned int host = (unsigned int)atoi(de->d_name), ns = 0;
+		char *last;
+		FILE *f;
+
+		if (!host)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%u/task/%u/status", pid, host);
+		f = fopen(path, "re");
+		if (!f)
+			continue;
+		while (fgets(line, sizeof(line), f))
+			if (!strncmp(line, "NSpid:", 6) && (last = strrchr(line, '\t')))
+				ns = (unsigned int)atoi(last + 1);
+		fclose(f);
+		if (!ns)
+			continue;
+		if (*n == cap) {
+			cap = cap ? cap * 2 : 64;
+			t = realloc(pairs, cap * sizeof(*t));
+			if (!t)
+				break;
+			pairs = t;
+		}
+		pairs[(*n)++] = (struct tid_pair){.ns = ns, .host = host};
+	}
+	closedir(dir);
+	if (pairs)
+		qsort(pairs, *n, sizeof(*pairs), cmp_pair);
+	return pairs;
+}
+
+/*
+ * The Java threads of p, from the JVM's current ThreadsList: each one's
+ * frame anchor and stack into jvm_threads by tid, the tids gone since the
+ * last call out of it. The list can change while it is read (the JVM frees
+ * old lists): the walker uses an entry only for a sample whose sp lies on
+ * that thread's stack. Threads started since are missed until the next
+ * call (a tick).
+ */
+static void refresh_threads(struct jvm *j, struct proc *p)
+{
+	const struct walker_info *w = &p->vm.w;
+	struct mem m = {.j = j, .pid = p->pid, .w = w};
+	int fd = bpf_map__fd(j->skel->maps.jvm_threads);
+	uint64_t list, arr, *threads = NULL;
+	uint32_t len, *tids = NULL, n = 0, i;
+	struct tid_pair *pairs = NULL;
+	size_t npairs = 0, k;
+
+	if (p->path != PATH_VMSTRUCTS || !w->threads_addr)
+		return;
+	list = mem_u64(&m, w->threads_addr);
+	len = mem_u32(&m, list + w->toff[T_LIST_LEN]);
+	arr = mem_u64(&m, list + w->toff[T_LIST_THREADS]);
+	if (m.err || len > MAX_THREADS_READ)
+		return;
+	threads = calloc(len + 1, sizeof(*threads));
+	tids = calloc(len + 1, sizeof(*tids));
+	if (!threads || !tids)
+		goto cleanup;
+	if (len)
+		mem_read(&m, arr, threads, len * sizeof(*threads));
+	if (m.err)
+		goto cleanup; /* keep what the map has */
+	if (p->nspid != p->pid)
+		pairs = ns_tids(p->pid, &npairs);
+	for (i = 0; i < len; i++) {
+		uint64_t t = threads[i], base, size, os;
+		struct tid_pair key, *hit;
+		struct jvm_thread jt;
+		uint32_t tid;
+
+		m.err = 0;
+		os = mem_u64(&m, t + w->toff[T_OSTHREAD]);
+		tid = mem_u32(&m, os + w->toff[T_THREAD_ID]);
+		base = mem_u64(&m, t + w->toff[T_STACK_BASE]);
+		size = mem_u64(&m, t + w->toff[T_STACK_SIZE]);
+		if (m.err || !tid || !size || size > base || size > (1ULL << 32))
+			continue;
+		if (p->nspid != p->pid) {
+			key.ns = tid;
+			hit = pairs ? bsearch(&key, pairs, npairs, sizeof(*pairs), cmp_pair) : NULL;
+			if (!hit)
+				continue;
+			tid = hit->host;
+		}
+		jt = (struct jvm_thread){
+			.anchor = t + w->toff[T_ANCHOR], .stack_lo = base - size, .stack_hi = base};
+		if (bpf_map_update_elem(fd, &tid, &jt, BPF_ANY))
+			continue; /* the map is full: native frames by frame pointer only */
+		tids[n++] = tid;
+	}
+	qsort(tids, n, sizeof(*tids), cmp_u32);
+	for (k = 0; k < p->ntids; k++)
+		if (!bsearch(&p->tids[k], tids, n, sizeof(*tids), cmp_u32))
+			bpf_map_delete_elem(fd, &p->tids[k]);
+	free(p->tids);
+	p->tids = tids;
+	p->ntids = n;
+	tids = NULL;
+cleanup:
+	free(pairs);
+	free(threads);
+	free(tids);
 }
 
 /* A Symbol's bytes (not NUL-ended in the JVM) into out. */
@@ -1690,6 +1912,8 @@ static void jvm_tick(void *ctx)
 			pthread_mutex_unlock(&j->lock);
 			continue;
 		}
+		if (p->path == PATH_VMSTRUCTS)
+			refresh_threads(j, p);
 		if (p->path != PATH_PENDING)
 			continue;
 		reason[0] = '\0';
@@ -1725,12 +1949,16 @@ static void jvm_tick(void *ctx)
 static void forget(struct jvm *j, uint32_t pid)
 {
 	struct proc **pp, *p;
+	size_t k;
 
 	bpf_map_delete_elem(bpf_map__fd(j->skel->maps.jvm_procs), &pid);
 	pthread_mutex_lock(&j->lock);
 	for (pp = &j->procs; (p = *pp);) {
 		if (p->pid == pid) {
 			*pp = p->next;
+			for (k = 0; k < p->ntids; k++)
+				bpf_map_delete_elem(bpf_map__fd(j->skel->maps.jvm_threads),
+						    &p->tids[k]);
 			free_proc(p);
 		} else {
 			pp = &p->next;

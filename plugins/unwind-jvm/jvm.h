@@ -26,6 +26,7 @@
 #define SONDE_UNWIND_JVM_H
 
 #define JVM_MAX_PROCS	 4096
+#define JVM_MAX_THREADS	 16384 /* Java threads with a frame anchor known, node-wide */
 #define JVM_MAX_HEAPS	 4
 #define JVM_MAX_HOPS	 32   /* segment map steps back to a block start */
 #define JVM_FRAME_RETURN 1ULL /* JVM_FRAME_PC: the payload is a return address */
@@ -71,8 +72,26 @@ struct jvm_proc {
 	__s32 fp_sender_sp;	   /* interpreter frame: the caller's unextended sp */
 	__s32 fp_method;	   /* interpreter frame: Method* */
 	__s32 fp_bcp;		   /* interpreter frame: the bytecode pointer (saved) */
+	__u32 anchor_sp;	   /* JavaFrameAnchor::_last_Java_sp */
+	__u32 anchor_pc;	   /* JavaFrameAnchor::_last_Java_pc */
+	__u32 anchor_fp;	   /* JavaFrameAnchor::_last_Java_fp */
+	__u32 has_anchors;	   /* jvm_threads holds this JVM's threads */
 };
-_Static_assert(sizeof(struct jvm_proc) == 176, "struct jvm_proc layout");
+_Static_assert(sizeof(struct jvm_proc) == 192, "struct jvm_proc layout");
+
+/*
+ * Value of jvm_threads (key: tid): where a Java thread's frame anchor is.
+ * A thread that left Java code (a native method, a call into the VM) has
+ * its last Java frame there; the walker goes on from it when the native
+ * frames above cannot be followed by frame pointer. Used only for a stack
+ * pointer inside [stack_lo, stack_hi), the thread's own stack.
+ */
+struct jvm_thread {
+	__u64 anchor; /* &JavaThread::_anchor */
+	__u64 stack_lo;
+	__u64 stack_hi;
+};
+_Static_assert(sizeof(struct jvm_thread) == 24, "struct jvm_thread layout");
 
 enum jvm_error {
 	JVM_ERR_NO_PROC = 0, /* a sample of a process without a code cache yet */

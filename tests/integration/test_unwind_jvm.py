@@ -12,6 +12,15 @@ started under sonded gets the path once up. A process mapping a libjvm.so
 whose VMStructs are cut short is declined with its reason and keeps its
 native stacks. `sondectl ps` says which path each JVM got.
 
+Threads and native code, on the same path: in a JVM with three threads
+(spin-red, spin-green, spin-blue, each the OS name of its thread) spinning
+in chains of their own, each thread's samples show its chain down to its
+run() on the line of its branch, in the share of the JVM's samples that
+its tid's CPU time has; in a JVM deflating a buffer with
+java.util.zip.Deflater, the samples' leaf is native (zlib or libzip), and
+below it, through the thread's frame anchor, come the Deflater frames and
+Zip.compress <- Zip.b <- Zip.a <- Zip.main with their lines.
+
 Its "perfmap" fallback (forced by the plugin's setting path = "perfmap"):
 a JVM run with -XX:+PreserveFramePointer shows the same chain named from
 the JVM's perf map."""
@@ -36,16 +45,15 @@ want = ["Chain.leaf", "Chain.c", "Chain.b", "Chain.a", "Chain.main"]
 declined_reason = ("gHotSpotVMStructs: no Abstract_VM_Version::_vm_major_version "
                    "(2 entries read)")
 
-# The lines the frames must carry, from the fixture's source.
+# The lines the frames must carry, from the fixtures' sources.
 src_dir = os.path.join(os.environ["SONDE_SOURCE_DIR"], "tests", "fixtures", "unwind-jvm")
-with open(os.path.join(src_dir, "Chain.java")) as f:
-    src = f.read().splitlines()
 
 
-def lines_with(text):
-    found = {n for n, line in enumerate(src, 1) if text in line}
+def lines_with(text, name="Chain.java"):
+    with open(os.path.join(src_dir, name)) as f:
+        found = {n for n, line in enumerate(f.read().splitlines(), 1) if text in line}
     if not found:
-        fail(f"Chain.java has no line with {text!r}")
+        fail(f"{name} has no line with {text!r}")
     return found
 
 
@@ -220,6 +228,140 @@ print(f"ok: vmstructs: {jit_good} of {jit_total} samples of the C2 JVM ({jit_inl
       f"dontinline JVM; {late_named} of the late JVM name "
       f"Chain.leaf; fakejvm declined, {native_ok}/{native_total} native; processes {m}; "
       f"errors {errors}; not the chain: {jit_bad[:2]}, {xint_bad[:2]}")
+
+# ---- threads and native code, on the vmstructs path -------------------------------------------
+
+RUN = WARMUP + SECONDS + 30  # ended once profiled: the run is only a bound
+colours = ["red", "green", "blue"]
+# Per thread: its chain, innermost first, and the lines each frame must carry.
+thread_want = {c: ([f"Threads.{c}Leaf", f"Threads.{c}Mid", f"Threads.{c}", "Threads.run"],
+                   [lines_with(f"// {c} leaf", "Threads.java"),
+                    lines_with(f"return {c}Leaf(x)", "Threads.java"),
+                    lines_with(f"x = {c}Mid(x)", "Threads.java"),
+                    lines_with(f"sink = {c}(end)", "Threads.java")]) for c in colours}
+zip_want = ["Zip.compress", "Zip.b", "Zip.a", "Zip.main"]
+zip_lines = [lines_with(text, "Zip.java") for text in ("n = d.deflate(out)",
+                                                     "return compress(in, out)",
+                                                     "return b(in, out)", "sink += a(in, out)")]
+script = write_script("threads.lua", "", tag)
+thr = subprocess.Popen([java, "-cp", tag, "Threads", str(RUN)], cwd=work)
+zjvm = subprocess.Popen([java, "-cp", tag, "Zip", str(RUN)], cwd=work)
+
+
+def thread_cpu(pid):
+    """{comm: (tid, utime + stime in ticks)} of the spinning threads of pid."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        if comm.startswith("spin-"):
+            out[comm] = (int(tid), int(fields[11]) + int(fields[12]))
+    return out
+
+
+out = os.path.join(work, "threads.pb.gz")
+try:
+    time.sleep(WARMUP)
+    with Sonded("--script", script, "--plugin-dir", os.path.join(build_dir(), "plugins"),
+                hz=HZ) as d:
+        procs = ps(d)
+        for jp, name in ((thr, "the Threads JVM"), (zjvm, "the Zip JVM")):
+            got = procs.get(jp.pid)
+            if not got or got["notes"] != [{"plugin": "unwind-jvm", "note": "path vmstructs"}]:
+                fail(f"{name} not on the vmstructs path in sondectl ps: {got}\n{d.output()}")
+        time.sleep(1.5)  # a tick: the threads' frame anchors are known
+        cpu0 = thread_cpu(thr.pid)
+        _, body = http_get(d.url(f"/debug/pprof/profile?seconds={SECONDS}"))
+        cpu1 = thread_cpu(thr.pid)
+        _, metrics = http_get(d.url("/metrics"))
+finally:
+    for jp in (thr, zjvm):  # the profile is named: they are done
+        jp.terminate()
+        jp.wait()
+with open(out, "wb") as f:
+    f.write(body)
+p = Profile(out)
+
+# HotSpot names each OS thread after its Java thread: the three tids.
+if sorted(cpu0) != sorted(f"spin-{c}" for c in colours) or any(
+        cpu0[k][0] != cpu1.get(k, (0,))[0] for k in cpu0):
+    fail(f"the Threads JVM's OS threads: {cpu0} then {cpu1}")
+ticks = {c: cpu1[f"spin-{c}"][1] - cpu0[f"spin-{c}"][1] for c in colours}
+per = {c: 0 for c in colours}
+total = 0
+bad = []
+for s in p.samples:
+    if s["labels"].get("pid") != str(thr.pid):
+        continue
+    total += s["count"]
+    jframes, native = java_frames(p, s)
+    for c, (names, lines) in thread_want.items():
+        head = jframes[:len(names)]
+        if ([fn for fn, *_ in head] == names and any(m.endswith("/libjvm.so") for m in native)
+                and all(fl == "Threads.java" and ln in want_ln
+                        for (_, fl, ln, _), want_ln in zip(head, lines))):
+            per[c] += s["count"]
+            break
+    else:
+        if len(bad) < 3:
+            bad.append([(fn, fl, ln) for fn, fl, ln, _ in jframes[:6]] + native[:2])
+good = sum(per.values())
+if total < 150 or good < 0.95 * total:
+    fail(f"the Threads JVM: {good} of {total} samples show one of the threads' chains "
+         f"{thread_want}; by thread {per}; others: {bad}")
+for c in colours:
+    # The thread's share of the JVM's samples against its tid's share of
+    # the three threads' CPU time meanwhile.
+    share, cpu_share = per[c] / good, ticks[c] / max(sum(ticks.values()), 1)
+    if per[c] < 0.2 * good or abs(share - cpu_share) > 0.1:
+        fail(f"spin-{c} (tid {cpu0[f'spin-{c}'][0]}): {per[c]} of {good} samples "
+             f"({share:.0%}) show its chain, its CPU time was {cpu_share:.0%} of the threads'")
+
+ztotal = zgood = 0
+zbad = []
+for s in p.samples:
+    if s["labels"].get("pid") != str(zjvm.pid):
+        continue
+    ztotal += s["count"]
+    # Native frames first (the kernel's left out), then the Java ones.
+    frames = []
+    for lid in s["locations"]:
+        loc = p.locations[lid]
+        mfile = p.mappings.get(loc["mapping"], {}).get("file", "")
+        if mfile != "[kernel.kallsyms]":
+            frames += [(fn, fl, ln, mfile) for fn, fl, ln in loc["lines"]] or [
+                (hex(loc["address"]), "", 0, mfile)]
+    n = 0
+    while n < len(frames) and frames[n][3] != "[jvm]":
+        n += 1
+    j = n
+    while j < len(frames) and frames[j][0].startswith("java.util.zip.Deflater."):
+        j += 1
+    chain = frames[j:j + len(zip_want)]
+    ok = (n >= 1 and re.search(r"/libz\.so|/libzip\.so", frames[0][3]) and j > n
+          and all(fl == "Deflater.java" for _, fl, _, _ in frames[n:j])
+          and [fn for fn, *_ in chain] == zip_want
+          and all(m == "[jvm]" and fl == "Zip.java" and ln in want_ln
+                  for (_, fl, ln, m), want_ln in zip(chain, zip_lines))
+          and any(m.endswith("/libjvm.so") for *_, m in frames[j + len(zip_want):]))
+    if ok:
+        zgood += s["count"]
+    elif len(zbad) < 3:
+        zbad.append([(fn, fl, ln, os.path.basename(m)) for fn, fl, ln, m in frames[:12]])
+if ztotal < 100 or zgood < 0.95 * ztotal:
+    fail(f"the Zip JVM: {zgood} of {ztotal} samples show a native leaf in zlib or libzip above "
+         f"the Deflater frames and {zip_want} with Zip.java:{zip_lines}; others: {zbad}")
+print(f"ok: threads: {good} of {total} samples of the Threads JVM show a thread's chain with "
+      f"Threads.java and its lines: " + ", ".join(
+          f"spin-{c} (tid {cpu0[f'spin-{c}'][0]}) {per[c]}, CPU {ticks[c]} ticks" for c in colours)
+      + f"; native: {zgood} of {ztotal} samples of the Zip JVM show zlib/libzip above "
+      f"Deflater.* <- {' <- '.join(zip_want)} with Zip.java:{zip_lines}; "
+      f"not the chain: {bad[:2]}, {zbad[:2]}")
 
 # ---- the perfmap fallback: -XX:+PreserveFramePointer, jcmd Compiler.perfmap -------------------
 
