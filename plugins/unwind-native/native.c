@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /*
  * sonde-unwind-native: whole user stacks for code built without frame
- * pointers, walked in BPF with tables built here from each ELF's .eh_frame.
+ * pointers, walked in BPF with tables built here from each ELF's .eh_frame
+ * (or .debug_frame, for files built without unwind tables).
  *
  * Tables are shared by every process that maps the same file (keyed by
  * build-id) and live in slices of one mmap'd BPF array; a table no process
@@ -10,6 +11,10 @@
  * walker meets a pc in no listed mapping (ld.so had not mapped the
  * libraries yet when the process was attached, or a dlopen), it asks for a
  * rescan, which a timer here serves.
+ *
+ * The vdso has no file: its image is read from the process's memory (the
+ * whole ELF is mapped there) and built from like a file's, keyed by its
+ * build-id, so the one table serves every process of the kernel.
  *
  * Tables are built off the loop thread: libjvm's take ~120 ms, and the
  * loop must not block. attach_process (and a rescan) only reads the maps
@@ -54,6 +59,7 @@
 #define RESCAN_INTERVAL_MS 100
 #define RESCAN_MIN_GAP_NS  (200ull * 1000000) /* per process */
 #define KEY_LEN		   96
+#define VDSO_MAX_SIZE	   (1u << 20) /* the most of a [vdso] copied (8 KiB on 6.x) */
 
 struct settings {
 	int64_t max_rows;
@@ -76,12 +82,14 @@ struct table {
 	struct sonde_unw_table_stats stats;
 };
 
-/* A table for the worker to get. The worker reads fd and writes the result
- * fields; everything else is the loop's. */
+/* A table for the worker to get. The worker reads fd (or image) and writes
+ * the result fields; everything else is the loop's. */
 struct job {
 	struct job *next;
 	struct table *table; /* carried back, never touched by the worker */
-	int fd;		     /* the ELF file; the worker closes it */
+	int fd;		     /* the ELF file, or -1; the worker closes it */
+	void *image;	     /* or its image (the vdso's), a copy; the worker frees it */
+	size_t image_len;
 	char key[KEY_LEN];
 	struct sonde_unw_table *built; /* result: NULL with err */
 	int err;
@@ -222,35 +230,30 @@ static void table_unref(struct table *t)
 		t->refs--;
 }
 
-/* Whether elf has the .eh_frame_hdr tables are built from: known here,
- * without the worker, so that attach declines a process with no table at
- * all at once. */
-static bool has_eh_frame_hdr(Elf *elf)
-{
-	GElf_Phdr ph;
-	size_t nph, i;
-
-	if (elf_getphdrnum(elf, &nph) != 0)
-		return false;
-	for (i = 0; i < nph; i++) {
-		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_GNU_EH_FRAME)
-			return true;
-	}
-	return false;
-}
-
-/* Hands t's file (a dup of fd) to the worker. */
-static int queue_job(struct unw *u, struct table *t, int fd)
+/* Hands t's file (a dup of fd), or a copy of its image when fd is -1, to
+ * the worker. */
+static int queue_job(struct unw *u, struct table *t, int fd, const void *image, size_t len)
 {
 	struct job *j = calloc(1, sizeof(*j));
 
 	if (!j)
 		return -ENOMEM;
 	j->table = t;
-	j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	if (j->fd < 0) {
-		free(j);
-		return -errno;
+	j->fd = -1;
+	if (fd >= 0) {
+		j->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (j->fd < 0) {
+			free(j);
+			return -errno;
+		}
+	} else {
+		j->image = malloc(len);
+		if (!j->image) {
+			free(j);
+			return -ENOMEM;
+		}
+		memcpy(j->image, image, len);
+		j->image_len = len;
 	}
 	snprintf(j->key, sizeof(j->key), "%s", t->key);
 	LOG(u, DEBUG, "%s: table queued (key %s)", t->name, t->key);
@@ -263,11 +266,13 @@ static int queue_job(struct unw *u, struct table *t, int fd)
 	return 0;
 }
 
-/* The table for the ELF file open at fd: known (ready or on its way), or
- * queued for the worker now. NULL with errno when there is none to have
- * (ENODATA: no .eh_frame_hdr; a failed build's error); the returned table
- * holds a reference. */
-static struct table *table_get(struct unw *u, Elf *elf, int fd, const char *path)
+/* The table for the ELF file open at fd (or, fd -1, of the image elf was
+ * opened on): known (ready or on its way), or queued for the worker now.
+ * NULL with errno when there is none to have (ENODATA: neither .eh_frame_hdr
+ * nor .debug_frame; a failed build's error); the returned table holds a
+ * reference. */
+static struct table *table_get(struct unw *u, Elf *elf, int fd, const void *image, size_t image_len,
+			       const char *path)
 {
 	const char *base = strrchr(path, '/');
 	char key[KEY_LEN];
@@ -283,7 +288,7 @@ static struct table *table_get(struct unw *u, Elf *elf, int fd, const char *path
 		if (strcmp(t->key, key) == 0)
 			goto found;
 	}
-	if (!has_eh_frame_hdr(elf)) {
+	if (!sonde_unw_elf_has_cfi(elf)) {
 		errno = ENODATA;
 		return NULL;
 	}
@@ -292,7 +297,7 @@ static struct table *table_get(struct unw *u, Elf *elf, int fd, const char *path
 		return NULL;
 	snprintf(t->key, sizeof(t->key), "%s", key);
 	snprintf(t->name, sizeof(t->name), "%s", base ? base + 1 : path);
-	err = queue_job(u, t, fd);
+	err = queue_job(u, t, fd, image, image_len);
 	if (err) {
 		free(t);
 		errno = -err;
@@ -382,15 +387,19 @@ static void run_job(const struct unw *u, struct job *j)
 		}
 		j->cache_invalid = errno == EBADMSG;
 	}
-	elf = elf_begin(j->fd, ELF_C_READ_MMAP, NULL);
+	elf = j->image ? elf_memory(j->image, j->image_len)
+		       : elf_begin(j->fd, ELF_C_READ_MMAP, NULL);
 	j->built = elf ? sonde_unw_table__build(elf) : NULL;
 	j->err = j->built ? 0 : elf ? errno : EINVAL;
 	elf_end(elf);
 	if (j->built && u->cache_dir && strncmp(j->key, "b:", 2) == 0)
 		j->save_err = sonde_unw_cache__save(u->cache_dir, j->key, j->built);
 out:
-	close(j->fd);
+	if (j->fd >= 0)
+		close(j->fd);
 	j->fd = -1;
+	free(j->image);
+	j->image = NULL;
 }
 
 static void *worker_main(void *arg)
@@ -444,6 +453,54 @@ struct scan {
 	uint64_t hash;
 };
 
+/* Notes t as the table of sc's last mapping. The vdso's does not count
+ * towards with_rows: a process with no other table is declined as before,
+ * since the walk would be a frame-pointer walk everywhere else. */
+static void use_table(struct scan *sc, struct table *t, bool counts)
+{
+	sc->tables[sc->ntables++] = t;
+	sc->mtab[sc->val.nmappings - 1] = t;
+	sc->with_rows += counts && (t->rows > 0 || !t->ready);
+}
+
+/*
+ * The vdso's mapping m: its image read from the process (the kernel maps
+ * the whole ELF, section headers included, so it reads like a file), keyed
+ * by its build-id. Without a table it stays a mapping of no rows. Reading
+ * it again at each scan costs a few KiB of copy; its build-id then finds
+ * the table the first process's scan queued.
+ */
+static void add_vdso(struct unw *u, uint32_t pid, struct scan *sc, struct sonde_unw_mapping *m)
+{
+	size_t len = m->end - m->start;
+	struct table *t;
+	void *image;
+	uint64_t bias;
+	Elf *elf = NULL;
+	ssize_t n;
+
+	if (len > VDSO_MAX_SIZE)
+		return;
+	image = malloc(len);
+	if (!image)
+		return;
+	n = u->api->read_memory(u->host, pid, m->start, image, len);
+	if (n != (ssize_t)len)
+		goto cleanup;
+	elf = elf_memory(image, len);
+	if (!elf || elf_kind(elf) != ELF_K_ELF || sonde_unw_elf_bias(elf, m->start, 0, &bias))
+		goto cleanup;
+	m->bias = bias;
+	/* no build-id: sonde_unw_elf_key() fails on fd -1, and the vdso is
+	 * walked with rbp as before */
+	t = table_get(u, elf, -1, image, len, "[vdso]");
+	if (t)
+		use_table(sc, t, false);
+cleanup:
+	elf_end(elf);
+	free(image);
+}
+
 /* One executable mapping: its file's table, or a mapping of no rows. */
 static void add_mapping(struct unw *u, uint32_t pid, struct scan *sc, uint64_t start, uint64_t end,
 			uint64_t offset, const char *path)
@@ -456,8 +513,12 @@ static void add_mapping(struct unw *u, uint32_t pid, struct scan *sc, uint64_t s
 	int fd = -1;
 
 	*m = (struct sonde_unw_mapping){.start = start, .end = end};
+	if (strcmp(path, "[vdso]") == 0) {
+		add_vdso(u, pid, sc, m);
+		return;
+	}
 	if (path[0] != '/')
-		return; /* [vdso], anonymous code: rbp only */
+		return; /* anonymous code (JITs): rbp only */
 	/* map_files reaches the very file mapped, whatever mount namespace */
 	snprintf(file, sizeof(file), "/proc/%u/map_files/%" PRIx64 "-%" PRIx64, pid, start, end);
 	fd = open(file, O_RDONLY | O_CLOEXEC);
@@ -467,12 +528,9 @@ static void add_mapping(struct unw *u, uint32_t pid, struct scan *sc, uint64_t s
 	if (!elf || elf_kind(elf) != ELF_K_ELF || sonde_unw_elf_bias(elf, start, offset, &bias))
 		goto cleanup;
 	m->bias = bias;
-	t = table_get(u, elf, fd, path);
-	if (!t)
-		goto cleanup;
-	sc->tables[sc->ntables++] = t;
-	sc->mtab[sc->val.nmappings - 1] = t;
-	sc->with_rows += t->rows > 0 || !t->ready;
+	t = table_get(u, elf, fd, NULL, 0, path);
+	if (t)
+		use_table(sc, t, true);
 cleanup:
 	elf_end(elf);
 	close(fd);
@@ -515,7 +573,9 @@ static int scan_maps(struct unw *u, uint32_t pid, struct scan *sc, char *reason,
 		goto decline;
 	}
 	if (!sc->with_rows) {
-		snprintf(reason, len, "no executable mapping has an unwind table (.eh_frame_hdr)%s",
+		snprintf(reason, len,
+			 "no executable mapping has an unwind table "
+			 "(.eh_frame_hdr or .debug_frame)%s",
 			 u->used_rows + 1024 > u->max_rows ? " or the table space is full" : "");
 		goto decline;
 	}
@@ -1082,6 +1142,7 @@ static void native_fini(void *state)
 			lists[i] = j->next;
 			if (j->fd >= 0)
 				close(j->fd);
+			free(j->image);
 			sonde_unw_table__free(j->built);
 			free(j);
 		}
@@ -1129,7 +1190,8 @@ const struct sonde_plugin sonde_plugin = {
 	.size = sizeof(struct sonde_plugin),
 	.name = "unwind-native",
 	.version = "0.2",
-	.description = "DWARF CFI (.eh_frame) unwinding in BPF, for code without frame pointers",
+	.description = "DWARF CFI (.eh_frame, .debug_frame) unwinding in BPF, for code without "
+		       "frame pointers",
 	.settings = native_settings,
 	.settings_size = sizeof(struct settings),
 	.init = native_init,

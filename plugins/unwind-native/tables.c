@@ -5,7 +5,9 @@
  * address gives the rule set and the range it holds for, so walking each
  * FDE row by row is "ask at start, continue at end". The FDE starts come
  * from .eh_frame_hdr's sorted search table, which every GNU and LLVM linker
- * writes.
+ * writes. A file built without unwind tables but with -g (or a Go binary)
+ * has only .debug_frame: no search table there, so its FDEs are listed by
+ * reading the section's entries one after the other, then sorted.
  */
 #include <dwarf.h>
 #include <errno.h>
@@ -276,11 +278,117 @@ static int fde_starts(Elf *elf, uint64_t **out, size_t *count)
 	return 0;
 }
 
+/* The .debug_frame section of elf with its contents, or NULL. */
+static Elf_Scn *debug_frame_scn(Elf *elf)
+{
+	Elf_Scn *scn = NULL;
+	size_t shstrndx;
+	GElf_Shdr sh;
+
+	if (elf_getshdrstrndx(elf, &shstrndx) != 0)
+		return NULL;
+	while ((scn = elf_nextscn(elf, scn))) {
+		const char *name;
+
+		/* NOBITS: a stripped file's, kept only as a header */
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_PROGBITS || !sh.sh_size)
+			continue;
+		name = elf_strptr(elf, shstrndx, sh.sh_name);
+		if (name && strcmp(name, ".debug_frame") == 0)
+			return scn;
+	}
+	return NULL;
+}
+
+static bool has_eh_frame_hdr(Elf *elf)
+{
+	GElf_Phdr ph;
+	size_t nph, i;
+
+	if (elf_getphdrnum(elf, &nph) != 0)
+		return false;
+	for (i = 0; i < nph; i++) {
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_GNU_EH_FRAME)
+			return true;
+	}
+	return false;
+}
+
+bool sonde_unw_elf_has_cfi(Elf *elf)
+{
+	return has_eh_frame_hdr(elf) || debug_frame_scn(elf);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The FDE start addresses of .debug_frame, sorted. Its FDEs hold absolute
+ * 8-byte addresses (x86-64 ELF64, the only kind built), in no order; those
+ * of code the linker discarded point at 0 or wrap around (the tombstones of
+ * ld and lld) and are skipped. Called after dwarf_begin_elf(), which has
+ * decompressed the section in place when it was compressed.
+ */
+static int debug_frame_starts(Elf *elf, Elf_Scn *scn, uint64_t **out, size_t *count)
+{
+	const unsigned char *ident = (const unsigned char *)elf_getident(elf, NULL);
+	Elf_Data *data = elf_getdata(scn, NULL);
+	uint64_t *starts = NULL, start, range;
+	size_t n = 0, cap = 0;
+	Dwarf_Off off = 0, next;
+	Dwarf_CFI_Entry e;
+	int rc;
+
+	if (!ident || !data || !data->d_buf)
+		return -ENODATA;
+	for (;;) {
+		next = (Dwarf_Off)-1;
+		rc = dwarf_next_cfi(ident, data, false, off, &next, &e);
+		if (rc == 1)
+			break;
+		if (rc < 0 && (next == (Dwarf_Off)-1 || next <= off))
+			break; /* cannot skip it: the FDEs so far are what there is */
+		off = next;
+		if (rc < 0 || dwarf_cfi_cie_p(&e) || e.fde.end - e.fde.start < 16)
+			continue;
+		memcpy(&start, e.fde.start, 8);
+		memcpy(&range, e.fde.start + 8, 8);
+		if (!start || !range || start + range < start)
+			continue;
+		if (n == cap) {
+			uint64_t *grown;
+
+			cap = cap ? cap * 2 : 64;
+			grown = realloc(starts, cap * sizeof(*starts));
+			if (!grown) {
+				free(starts);
+				return -ENOMEM;
+			}
+			starts = grown;
+		}
+		starts[n++] = start;
+	}
+	if (!n) {
+		free(starts);
+		return -ENODATA;
+	}
+	qsort(starts, n, sizeof(*starts), cmp_u64);
+	*out = starts;
+	*count = n;
+	return 0;
+}
+
 struct sonde_unw_table *sonde_unw_table__build(Elf *elf)
 {
 	struct builder b = {0};
 	uint64_t t0 = now_ns(), *starts = NULL, addr = 0;
 	Dwarf_CFI *cfi = NULL;
+	Dwarf *dbg = NULL; /* .debug_frame's: it owns cfi */
+	Elf_Scn *scn;
 	GElf_Ehdr eh;
 	size_t nstarts = 0, i;
 	int err;
@@ -290,14 +398,19 @@ struct sonde_unw_table *sonde_unw_table__build(Elf *elf)
 		return NULL;
 	}
 	err = fde_starts(elf, &starts, &nstarts);
-	if (err) {
-		errno = -err;
-		return NULL;
+	if (!err) {
+		cfi = dwarf_getcfi_elf(elf);
+		err = cfi ? 0 : -ENODATA;
+	} else if (err == -ENODATA && (scn = debug_frame_scn(elf))) {
+		dbg = dwarf_begin_elf(elf, DWARF_C_READ, NULL);
+		cfi = dbg ? dwarf_getcfi(dbg) : NULL;
+		err = cfi ? debug_frame_starts(elf, scn, &starts, &nstarts) : -ENODATA;
 	}
+	if (err)
+		goto cleanup;
 	b.t = calloc(1, sizeof(*b.t));
-	cfi = dwarf_getcfi_elf(elf);
-	if (!b.t || !cfi) {
-		err = b.t ? -ENODATA : -ENOMEM;
+	if (!b.t) {
+		err = -ENOMEM;
 		goto cleanup;
 	}
 	b.t->stats.fdes = nstarts;
@@ -336,7 +449,9 @@ struct sonde_unw_table *sonde_unw_table__build(Elf *elf)
 	b.t->stats.build_ns = now_ns() - t0;
 cleanup:
 	free(starts);
-	if (cfi)
+	if (dbg)
+		dwarf_end(dbg);
+	else if (cfi)
 		dwarf_cfi_end(cfi);
 	if (err) {
 		sonde_unw_table__free(b.t);

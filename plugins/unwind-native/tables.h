@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Unwind tables from an ELF file's .eh_frame, in the row format the BPF
- * walker reads (native.h). No BPF and no process here: the unit test drives
+ * Unwind tables from an ELF file's .eh_frame (or .debug_frame), in the row
+ * format the BPF walker reads (native.h). No BPF and no process here: the unit test drives
  * it on fixture files.
  *
  * Threading: every function works on its arguments alone; tables can be
@@ -10,6 +10,7 @@
 #ifndef SONDE_UNWIND_TABLES_H
 #define SONDE_UNWIND_TABLES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,7 +20,7 @@
 
 /* What a build saw, for logs and metrics. */
 struct sonde_unw_table_stats {
-	size_t fdes;	    /* FDEs listed in .eh_frame_hdr */
+	size_t fdes;	    /* FDEs listed in .eh_frame_hdr (or found in .debug_frame) */
 	size_t unsupported; /* rows marked SONDE_UNW_CFA_UNSUPPORTED */
 	size_t plt;	    /* rows with the .plt expression */
 	size_t outermost;   /* rows whose return address is undefined */
@@ -35,13 +36,21 @@ struct sonde_unw_table {
 };
 
 /*
- * Builds the table of elf (opened with ELF_C_READ_MMAP or ELF_C_READ) from
- * its .eh_frame, found through PT_GNU_EH_FRAME. Returns NULL and sets errno:
- * ENODATA when the file has no .eh_frame_hdr, ENOTSUP for an x86-64 file it
- * cannot read (other machine, encoding), EFBIG when a row's address does not
- * fit 32 bits, ENOMEM. The caller frees it with sonde_unw_table__free().
+ * Builds the table of elf (opened with ELF_C_READ_MMAP or ELF_C_READ, or an
+ * image given to elf_memory() such as the vdso's) from its .eh_frame, found
+ * through PT_GNU_EH_FRAME, or, when it has none, from its .debug_frame
+ * section (a file built with -g but without unwind tables; the .debug_frame
+ * of a separate debuginfo file is not looked for). Returns NULL and sets
+ * errno: ENODATA when the file has neither, ENOTSUP for a file it cannot
+ * read (not x86-64, an encoding it does not know), EFBIG when a row's
+ * address does not fit 32 bits, ENOMEM. The caller frees it with
+ * sonde_unw_table__free().
  */
 struct sonde_unw_table *sonde_unw_table__build(Elf *elf);
+
+/* Whether elf has CFI sonde_unw_table__build() reads (.eh_frame_hdr or
+ * .debug_frame): a cheap look at the headers, no table built. */
+bool sonde_unw_elf_has_cfi(Elf *elf);
 void sonde_unw_table__free(struct sonde_unw_table *t);
 
 /* The row that covers ELF virtual address pc (the walker's search), or

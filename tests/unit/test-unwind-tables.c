@@ -2,7 +2,8 @@
 /*
  * unwind-native's table builder: the rows of functions whose CFI is known
  * instruction by instruction (tests/fixtures/unwind-native/cfi_known.S),
- * and a whole libc, whose table must be complete and sorted; the on-disk
+ * and a whole libc, whose table must be complete and sorted; a library with
+ * only .debug_frame gets the rules its .eh_frame build has; the on-disk
  * cache gives back the same rows, and refuses a truncated, scribbled or
  * other-version file.
  */
@@ -14,6 +15,7 @@
 
 #include <fcntl.h>
 #include <gelf.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 
 #include <elfutils/libdwelf.h>
 #include <errno.h>
+#include <sys/auxv.h>
 #include <sys/stat.h>
 
 #include "tables.h"
@@ -47,8 +50,9 @@ static void close_elf(struct elf_file *f)
 	close(f->fd);
 }
 
-/* The address of a symbol of .symtab. */
-static uint64_t symbol(Elf *elf, const char *name)
+/* The address (and size, when size is not NULL) of a symbol of .symtab or
+ * .dynsym. */
+static uint64_t symbol_sized(Elf *elf, const char *name, uint64_t *size)
 {
 	Elf_Scn *scn = NULL;
 	GElf_Shdr sh;
@@ -58,17 +62,26 @@ static uint64_t symbol(Elf *elf, const char *name)
 		GElf_Sym sym;
 		size_t i;
 
-		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_SYMTAB)
+		if (!gelf_getshdr(scn, &sh) ||
+		    (sh.sh_type != SHT_SYMTAB && sh.sh_type != SHT_DYNSYM))
 			continue;
 		data = elf_getdata(scn, NULL);
 		for (i = 0; data && i < sh.sh_size / sh.sh_entsize; i++) {
 			if (gelf_getsym(data, (int)i, &sym) &&
-			    strcmp(elf_strptr(elf, sh.sh_link, sym.st_name), name) == 0)
+			    strcmp(elf_strptr(elf, sh.sh_link, sym.st_name), name) == 0) {
+				if (size)
+					*size = sym.st_size;
 				return sym.st_value;
+			}
 		}
 	}
 	fail_msg("no symbol %s", name);
 	return 0;
+}
+
+static uint64_t symbol(Elf *elf, const char *name)
+{
+	return symbol_sized(elf, name, NULL);
 }
 
 struct known {
@@ -339,6 +352,197 @@ static void test_no_eh_frame_hdr(void **state)
 	unlink(path);
 }
 
+/* A library of the integration fixtures: they are built in
+ * ../fixtures/unwind-native from this test's build directory, where
+ * CFI_KNOWN_PATH is. */
+static void fixture_path(char *buf, size_t len, const char *name)
+{
+	const char *slash = strrchr(CFI_KNOWN_PATH, '/');
+
+	snprintf(buf, len, "%.*s/../fixtures/unwind-native/%s", (int)(slash - CFI_KNOWN_PATH),
+		 CFI_KNOWN_PATH, name);
+}
+
+static bool has_section(Elf *elf, const char *name)
+{
+	Elf_Scn *scn = NULL;
+	size_t shstrndx;
+	GElf_Shdr sh;
+
+	assert_int_equal(elf_getshdrstrndx(elf, &shstrndx), 0);
+	while ((scn = elf_nextscn(elf, scn))) {
+		const char *n =
+			gelf_getshdr(scn, &sh) ? elf_strptr(elf, shstrndx, sh.sh_name) : NULL;
+
+		if (n && strcmp(n, name) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool has_eh_frame_hdr(Elf *elf)
+{
+	GElf_Phdr ph;
+	size_t i, nph;
+
+	assert_int_equal(elf_getphdrnum(elf, &nph), 0);
+	for (i = 0; i < nph; i++) {
+		if (gelf_getphdr(elf, (int)i, &ph) && ph.p_type == PT_GNU_EH_FRAME)
+			return true;
+	}
+	return false;
+}
+
+static bool same_rule(const struct sonde_unw_row *a, const struct sonde_unw_row *b)
+{
+	return a->type == b->type && a->cfa_off == b->cfa_off && a->rbp_off == b->rbp_off;
+}
+
+/*
+ * libunwdbg.so has .debug_frame and no .eh_frame (built without unwind
+ * tables); libunwdbg_eh.so is the same source with .eh_frame. Every byte of
+ * their three functions gets a row, and the same rule in both.
+ */
+static void test_debug_frame(void **state)
+{
+	static const char *const funcs[] = {"dbg_inner", "dbg_mid", "dbg_outer"};
+	struct elf_file dbg = {-1, NULL}, eh = {-1, NULL};
+	struct sonde_unw_table *td, *te;
+	char path[4096];
+	size_t i, rules = 0;
+
+	(void)state;
+	fixture_path(path, sizeof(path), "libunwdbg.so");
+	if (open_elf(&dbg, path))
+		fail_msg("cannot open %s (built with the integration fixtures)", path);
+	fixture_path(path, sizeof(path), "libunwdbg_eh.so");
+	if (open_elf(&eh, path))
+		fail_msg("cannot open %s", path);
+	/* what the fixture is for: .debug_frame, no .eh_frame, no header */
+	assert_true(has_section(dbg.elf, ".debug_frame"));
+	assert_false(has_section(dbg.elf, ".eh_frame"));
+	assert_false(has_eh_frame_hdr(dbg.elf));
+	assert_true(has_eh_frame_hdr(eh.elf));
+	assert_true(sonde_unw_elf_has_cfi(dbg.elf));
+
+	td = sonde_unw_table__build(dbg.elf);
+	te = sonde_unw_table__build(eh.elf);
+	assert_non_null(td);
+	assert_non_null(te);
+	print_message(".debug_frame: %zu rows from %zu FDEs; .eh_frame: %zu rows from %zu FDEs\n",
+		      td->nrows, td->stats.fdes, te->nrows, te->stats.fdes);
+	assert_int_equal(td->stats.fdes, 3); /* the three functions */
+	assert_int_equal(td->stats.plt, 0);  /* ld's .plt CFI lives in .eh_frame only */
+	assert_int_equal(te->stats.plt, 1);
+	assert_int_equal(td->stats.unsupported, 0);
+	for (i = 1; i < td->nrows; i++)
+		assert_true(td->rows[i].pc > td->rows[i - 1].pc);
+
+	for (i = 0; i < sizeof(funcs) / sizeof(funcs[0]); i++) {
+		uint64_t dsize = 0, esize = 0, off;
+		uint64_t da = symbol_sized(dbg.elf, funcs[i], &dsize);
+		uint64_t ea = symbol_sized(eh.elf, funcs[i], &esize);
+		const struct sonde_unw_row *prev = NULL;
+
+		assert_true(dsize > 0);
+		assert_int_equal(dsize, esize); /* the same code */
+		for (off = 0; off < dsize; off++) {
+			const struct sonde_unw_row *rd = sonde_unw_table__find(td, da + off);
+			const struct sonde_unw_row *re = sonde_unw_table__find(te, ea + off);
+
+			assert_non_null(rd);
+			assert_non_null(re);
+			if (SONDE_UNW_ROW_CFA(rd) != SONDE_UNW_CFA_RSP || !same_rule(rd, re))
+				fail_msg("%s+%llu: .debug_frame row cfa %d%+d rbp %d%+d, .eh_frame "
+					 "row cfa %d%+d rbp %d%+d",
+					 funcs[i], (unsigned long long)off, SONDE_UNW_ROW_CFA(rd),
+					 rd->cfa_off, SONDE_UNW_ROW_RBP(rd), rd->rbp_off,
+					 SONDE_UNW_ROW_CFA(re), re->cfa_off, SONDE_UNW_ROW_RBP(re),
+					 re->rbp_off);
+			rules += !prev || !same_rule(prev, rd);
+			prev = rd;
+		}
+		/* the entry: only the return address on the stack */
+		assert_int_equal(sonde_unw_table__find(td, da)->cfa_off, 1);
+	}
+	/* dbg_inner's frame grows and shrinks: more than one rule per function */
+	assert_true(rules > 3);
+	/* after dbg_inner's last byte, up to dbg_mid (alignment padding): a gap */
+	{
+		uint64_t size = 0, inner = symbol_sized(dbg.elf, "dbg_inner", &size);
+
+		if (inner + size < symbol(dbg.elf, "dbg_mid"))
+			assert_int_equal(SONDE_UNW_ROW_CFA(sonde_unw_table__find(td, inner + size)),
+					 SONDE_UNW_CFA_END);
+	}
+	sonde_unw_table__free(td);
+	sonde_unw_table__free(te);
+	close_elf(&dbg);
+	close_elf(&eh);
+}
+
+/*
+ * The vdso, as the plugin reads it: a copy of its image (here this
+ * process's own, the same kernel's) opened with elf_memory(). It has a
+ * build-id to be keyed by, and CFI for every byte of clock_gettime and
+ * getcpu, which starts with only the return address on the stack.
+ */
+static void test_vdso(void **state)
+{
+	static const char *const funcs[] = {"__vdso_clock_gettime", "__vdso_getcpu"};
+	char line[4096], key[96];
+	unsigned long long start = 0, end = 0;
+	struct sonde_unw_table *t;
+	FILE *f = fopen("/proc/self/maps", "re");
+	void *image;
+	size_t i;
+	Elf *elf;
+
+	(void)state;
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		if (strstr(line, "[vdso]")) {
+			assert_int_equal(sscanf(line, "%llx-%llx", &start, &end), 2);
+			break;
+		}
+	}
+	fclose(f);
+	if (!end)
+		fail_msg("no [vdso] in /proc/self/maps");
+	assert_int_equal(start, getauxval(AT_SYSINFO_EHDR));
+	image = malloc(end - start);
+	assert_non_null(image);
+	memcpy(image, (const void *)(uintptr_t)start, end - start);
+	elf_version(EV_CURRENT);
+	elf = elf_memory(image, end - start);
+	assert_non_null(elf);
+	assert_int_equal(sonde_unw_elf_key(elf, -1, key, sizeof(key)), 0);
+	assert_memory_equal(key, "b:", 2);
+	t = sonde_unw_table__build(elf);
+	assert_non_null(t);
+	print_message("vdso %s: %zu rows from %zu FDEs\n", key, t->nrows, t->stats.fdes);
+	assert_int_equal(t->stats.unsupported, 0);
+	for (i = 0; i < sizeof(funcs) / sizeof(funcs[0]); i++) {
+		uint64_t size = 0, addr = symbol_sized(elf, funcs[i], &size), off;
+
+		assert_true(size > 0);
+		for (off = 0; off < size; off++) {
+			const struct sonde_unw_row *r = sonde_unw_table__find(t, addr + off);
+
+			if (!r || (SONDE_UNW_ROW_CFA(r) != SONDE_UNW_CFA_RSP &&
+				   SONDE_UNW_ROW_CFA(r) != SONDE_UNW_CFA_RBP))
+				fail_msg("%s+%llu: no rsp or rbp row", funcs[i],
+					 (unsigned long long)off);
+		}
+		assert_int_equal(SONDE_UNW_ROW_CFA(sonde_unw_table__find(t, addr)),
+				 SONDE_UNW_CFA_RSP);
+		assert_int_equal(sonde_unw_table__find(t, addr)->cfa_off, 1);
+	}
+	sonde_unw_table__free(t);
+	elf_end(elf);
+	free(image);
+}
+
 static void truncate_to(const char *path, off_t len)
 {
 	assert_int_equal(truncate(path, len), 0);
@@ -444,6 +648,8 @@ int main(void)
 		cmocka_unit_test(test_libc),
 		cmocka_unit_test(test_page_index),
 		cmocka_unit_test(test_no_eh_frame_hdr),
+		cmocka_unit_test(test_debug_frame),
+		cmocka_unit_test(test_vdso),
 		cmocka_unit_test(test_cache),
 	};
 
