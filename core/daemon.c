@@ -627,6 +627,42 @@ static int publish_for_plugins(void *ctx, const char *topic, const void *msgpack
 	return d->export ? sonde_export__publish(d->export, topic, msgpack, len) : -ENOTCONN;
 }
 
+/* A plugin's hook into the script (plugin.h, script_hook): a failure is the
+ * script's, logged as on_process's are and counted in its stats. */
+static int script_hook_for_plugins(void *ctx, const char *hook,
+				   const struct sonde_plugin_label *fields, int nfields, char *out,
+				   size_t outlen)
+{
+	struct sonde_script_label labels[16];
+	struct sonde_daemon *d = ctx;
+	struct sonde_script_stats st;
+	int i, rc;
+
+	if (!d->script)
+		return -ENOENT;
+	if (nfields < 0 || nfields > 16)
+		return -E2BIG;
+	for (i = 0; i < nfields; i++)
+		labels[i] = (struct sonde_script_label){ fields[i].key, fields[i].value };
+	rc = sonde_script__hook(d->script, hook, labels, (size_t)nfields, out, outlen);
+	if (rc == -EINVAL) {
+		sonde_script__stats(d->script, &st);
+		if (st.errors <= 10 || st.errors % 1000 == 0)
+			sonde_warn("script: on_%s: %s%s", hook, sonde_script__last_error(d->script),
+				   st.errors == 10 ? " (from now on one failure in 1000 is logged; all "
+						     "are counted in sonde_script_errors_total)"
+						   : "");
+	}
+	return rc;
+}
+
+static uint64_t script_generation_for_plugins(void *ctx)
+{
+	struct sonde_daemon *d = ctx;
+
+	return d->script ? sonde_script__generation(d->script) : 0;
+}
+
 /* Loads the plugins the script names; a required one that fails stops the start. */
 static int load_plugins(struct sonde_daemon *d)
 {
@@ -637,6 +673,9 @@ static int load_plugins(struct sonde_daemon *d)
 		.plugin_dir = d->opts->plugin_dir ? d->opts->plugin_dir : SONDE_PLUGIN_DIR,
 		.publish = publish_for_plugins,
 		.publish_ctx = d,
+		.script_hook = script_hook_for_plugins,
+		.script_generation = script_generation_for_plugins,
+		.script_ctx = d,
 	};
 	struct sonde_plugin_kv kvs[64];
 	char err[512];

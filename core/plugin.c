@@ -39,6 +39,9 @@ static const size_t descriptor_min_size[SONDE_PLUGIN_ABI_MINOR + 1] = {
 	[0] = offsetofend(struct sonde_plugin, detach_process),
 	[1] = offsetofend(struct sonde_plugin, write_metrics),
 	[2] = offsetofend(struct sonde_plugin, write_metrics), /* 1.2 grew the host api only */
+	[3] = offsetofend(struct sonde_plugin, write_metrics), /* so did 1.3, */
+	[4] = offsetofend(struct sonde_plugin, write_metrics), /* 1.4 */
+	[5] = offsetofend(struct sonde_plugin, write_metrics), /* and 1.5 */
 };
 
 struct counter {
@@ -98,6 +101,10 @@ struct sonde_plugins {
 	struct sonde_bpf_host *bpf;
 	int (*publish)(void *ctx, const char *topic, const void *msgpack, size_t len);
 	void *publish_ctx;
+	int (*script_hook)(void *ctx, const char *hook, const struct sonde_plugin_label *fields,
+			   int nfields, char *out, size_t outlen);
+	uint64_t (*script_generation)(void *ctx);
+	void *script_ctx;
 	char *dir;
 	struct sonde_host **plugins;
 	size_t nplugins, cap;
@@ -442,6 +449,34 @@ static void host_process_status(struct sonde_host *host, uint32_t pid, int attac
 	remember(host->ps, pid, host, attached != 0, reason ? reason : "");
 }
 
+/* The daemon decides what a failed callback costs (it logs and counts it);
+ * this only checks what the plugin handed over. */
+static int host_script_hook(struct sonde_host *host, const char *hook,
+			    const struct sonde_plugin_label *fields, int nfields, char *out,
+			    size_t outlen)
+{
+	struct sonde_plugins *ps = host->ps;
+
+	/* -EINVAL is kept for a failed callback: the plugin's bugs say otherwise */
+	if (!hook || (nfields && !fields))
+		return -EFAULT;
+	if (nfields < 0 || nfields > 16)
+		return -E2BIG;
+	if (!out || outlen < SONDE_HOOK_OUT_MIN)
+		return -ENOBUFS;
+	out[0] = '\0';
+	if (!ps->script_hook)
+		return -ENOENT;
+	return ps->script_hook(ps->script_ctx, hook, fields, nfields, out, outlen);
+}
+
+static uint64_t host_script_generation(struct sonde_host *host)
+{
+	struct sonde_plugins *ps = host->ps;
+
+	return ps->script_generation ? ps->script_generation(ps->script_ctx) : 0;
+}
+
 static const struct sonde_host_api host_api = {
 	.size = sizeof(struct sonde_host_api),
 	.abi_major = SONDE_PLUGIN_ABI_MAJOR,
@@ -460,6 +495,8 @@ static const struct sonde_host_api host_api = {
 	.process_status = host_process_status,
 	.register_sample_tags = host_register_sample_tags,
 	.set_handover = host_set_handover,
+	.script_hook = host_script_hook,
+	.script_generation = host_script_generation,
 };
 
 /* --- loading ----------------------------------------------------------------------------- */
@@ -479,6 +516,9 @@ struct sonde_plugins *sonde_plugins__new(const struct sonde_plugin_services *svc
 	ps->bpf = svc->bpf;
 	ps->publish = svc->publish;
 	ps->publish_ctx = svc->publish_ctx;
+	ps->script_hook = svc->script_hook;
+	ps->script_generation = svc->script_generation;
+	ps->script_ctx = svc->script_ctx;
 	ps->next_kind = 1;   /* 0 is a native frame */
 	ps->next_tagger = 1; /* 0 is no tag */
 	ps->nbuckets = 64;

@@ -37,6 +37,12 @@ struct sonde_plugin_services {
 	/* the export socket, for the host's publish service; NULL: exports off */
 	int (*publish)(void *ctx, const char *topic, const void *msgpack, size_t len);
 	void *publish_ctx;
+	/* the script, for the host's script_hook and script_generation (same
+	 * contract); NULL: -ENOENT and 0 */
+	int (*script_hook)(void *ctx, const char *hook, const struct sonde_plugin_label *fields,
+			   int nfields, char *out, size_t outlen);
+	uint64_t (*script_generation)(void *ctx);
+	void *script_ctx;
 };
 
 /* NULL and errno on failure (EINVAL without a loop). */

@@ -42,8 +42,9 @@ struct sonde_script {
 	void **owned; /* what the configuration points to, freed with the script */
 	size_t nowned, owned_cap;
 
-	int on_process, on_window; /* registry references, or LUA_NOREF */
-	char process_where[128], window_where[128];
+	int on_process, on_window, on_http_route; /* registry references, or LUA_NOREF */
+	char process_where[128], window_where[128], route_where[128];
+	uint64_t generation; /* sonde_script__generation */
 
 	/* during sonde_script__window only */
 	const struct sonde_script_window *window;
@@ -494,15 +495,21 @@ static int l_unwinders(lua_State *L)
 	return 0;
 }
 
-/* Remembers the callback and where it is defined, for errors without a position. */
-static int set_callback(lua_State *L, const char *fn, int *ref, char *where, size_t wlen)
+/* Remembers the callback and where it is defined, for errors without a
+ * position. A second one is an error, or with replace takes the first's place. */
+static int set_callback(lua_State *L, const char *fn, int *ref, char *where, size_t wlen,
+			bool replace)
 {
 	lua_Debug ar;
 
 	check_loading(L, fn);
 	luaL_checktype(L, 1, LUA_TFUNCTION);
-	if (*ref != LUA_NOREF)
+	if (*ref != LUA_NOREF && !replace)
 		return luaL_error(L, "%s: a callback is already set (at %s)", fn, where);
+	if (*ref != LUA_NOREF) {
+		luaL_unref(L, LUA_REGISTRYINDEX, *ref);
+		*ref = LUA_NOREF;
+	}
 	lua_settop(L, 1);
 	lua_pushvalue(L, 1);
 	lua_getinfo(L, ">S", &ar);
@@ -526,7 +533,7 @@ static int l_on_process(lua_State *L)
 	struct sonde_script *s = script_of(L);
 
 	return set_callback(L, "on_process", &s->on_process, s->process_where,
-			    sizeof(s->process_where));
+			    sizeof(s->process_where), false);
 }
 
 static int l_on_window(lua_State *L)
@@ -534,7 +541,16 @@ static int l_on_window(lua_State *L)
 	struct sonde_script *s = script_of(L);
 
 	return set_callback(L, "on_window", &s->on_window, s->window_where,
-			    sizeof(s->window_where));
+			    sizeof(s->window_where), false);
+}
+
+/* A plugin's hook: a script built from parts may set it again, the last one counts. */
+static int l_on_http_route(lua_State *L)
+{
+	struct sonde_script *s = script_of(L);
+
+	return set_callback(L, "on_http_route", &s->on_http_route, s->route_where,
+			    sizeof(s->route_where), true);
 }
 
 /* log(...) and print(...): one info line in the daemon log, with the caller's position. */
@@ -647,6 +663,7 @@ static void open_sandbox(lua_State *L, struct sonde_script *s)
 		{"unwinders", l_unwinders},
 		{"on_process", l_on_process},
 		{"on_window", l_on_window},
+		{"on_http_route", l_on_http_route},
 		{"publish", l_publish},
 		{"log", l_log},
 		{"print", l_log},
@@ -767,6 +784,9 @@ static int load_protected(lua_State *L)
 	return 0;
 }
 
+/* Scripts are numbered across the process: a reload never gives a number back. */
+static uint64_t last_generation;
+
 struct sonde_script *sonde_script__load(const char *path, const struct sonde_script_opts *opts,
 					char *err, size_t errlen)
 {
@@ -789,6 +809,8 @@ struct sonde_script *sonde_script__load(const char *path, const struct sonde_scr
 	s->step = s->budget < HOOK_EVERY ? (int)s->budget : HOOK_EVERY;
 	s->on_process = LUA_NOREF;
 	s->on_window = LUA_NOREF;
+	s->on_http_route = LUA_NOREF;
+	s->generation = __atomic_add_fetch(&last_generation, 1, __ATOMIC_RELAXED);
 	msgpack_sbuffer_init(&s->sbuf);
 	s->L = lua_newstate(capped_alloc, s);
 	if (!s->L) {
@@ -1083,6 +1105,94 @@ int sonde_script__window(struct sonde_script *s, const struct sonde_script_windo
 	s->publish = NULL;
 	s->publish_ctx = NULL;
 	return rc;
+}
+
+struct hook_call {
+	struct sonde_script *s;
+	const struct sonde_script_label *fields;
+	size_t nfields;
+	char *out;
+	int verdict;
+};
+
+/* on_http_route(r): the answer is checked here, inside the protected call,
+ * so that a bad one is an error like any other (counted, positioned at the
+ * callback). */
+static int route_protected(lua_State *L)
+{
+	struct hook_call *c = lua_touserdata(L, 1);
+	const char *r;
+	size_t i, len;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, c->s->on_http_route);
+	lua_createtable(L, 0, c->nfields > 16 ? 16 : (int)c->nfields);
+	for (i = 0; i < c->nfields; i++)
+		if (c->fields[i].key)
+			push_string_field(L, c->fields[i].key, c->fields[i].value);
+	lua_call(L, 1, 1);
+	switch (lua_type(L, -1)) {
+	case LUA_TNIL:
+		c->verdict = SONDE_SCRIPT_HOOK_KEEP;
+		return 0;
+	case LUA_TSTRING:
+		break;
+	case LUA_TBOOLEAN:
+		if (!lua_toboolean(L, -1)) {
+			c->verdict = SONDE_SCRIPT_HOOK_DROP;
+			return 0;
+		}
+		/* fall through */
+	default:
+		return luaL_error(L,
+				  "on_http_route: return a route (a string), false (drop) or nil "
+				  "(keep), not %s",
+				  lua_type(L, -1) == LUA_TBOOLEAN ? "true" : luaL_typename(L, -1));
+	}
+	r = lua_tolstring(L, -1, &len);
+	if (len > SONDE_SCRIPT_ROUTE_MAX)
+		return luaL_error(L, "on_http_route: the route is %I bytes, more than %d",
+				  (lua_Integer)len, SONDE_SCRIPT_ROUTE_MAX);
+	if (r[0] != '/' && strcmp(r, "_OTHER") != 0)
+		return luaL_error(L, "on_http_route: route '%s' must start with '/' or be \"_OTHER\"",
+				  r);
+	for (i = 0; i < len; i++)
+		if ((unsigned char)r[i] < 0x20 || r[i] == 0x7f)
+			return luaL_error(L,
+					  "on_http_route: the route holds a control character "
+					  "(byte %I)",
+					  (lua_Integer)i + 1);
+	memcpy(c->out, r, len + 1);
+	c->verdict = SONDE_SCRIPT_HOOK_REPLACE;
+	return 0;
+}
+
+int sonde_script__hook(struct sonde_script *s, const char *hook,
+		       const struct sonde_script_label *fields, size_t nfields, char *out,
+		       size_t outlen)
+{
+	struct hook_call c = {.s = s, .fields = fields, .nfields = nfields, .out = out};
+	int rc;
+
+	if (!hook || strcmp(hook, "http_route") != 0 || s->on_http_route == LUA_NOREF)
+		return -ENOENT;
+	if (!out || outlen < SONDE_SCRIPT_ROUTE_MAX + 1)
+		return -ENOBUFS;
+	if (nfields && !fields)
+		return -EFAULT;
+	out[0] = '\0';
+	s->stats.http_route_calls++;
+	rc = run(s, route_protected, &c, s->route_where);
+	lua_settop(s->L, 0); /* out is a copy: nothing to anchor */
+	if (rc) {
+		out[0] = '\0';
+		return rc;
+	}
+	return c.verdict;
+}
+
+uint64_t sonde_script__generation(const struct sonde_script *s)
+{
+	return s->generation;
 }
 
 const char *sonde_script__last_error(const struct sonde_script *s)

@@ -2,9 +2,10 @@
 /*
  * The Lua 5.4 scripting layer. The configuration is a script; the daemon
  * keeps it loaded for its whole life (one lua_State per script) and calls it
- * back: per new process (decide whether and how to profile it, and label it)
- * and per window (build and publish exports). docs/lua.md is the Lua-side
- * reference; this header is the C side.
+ * back: per new process (decide whether and how to profile it, and label it),
+ * per window (build and publish exports), and for the plugins' hooks (e.g.
+ * rename or drop an HTTP route, once per distinct route). docs/lua.md is
+ * the Lua-side reference; this header is the C side.
  *
  * A script runs in a sandbox: only the base (without dofile, loadfile, load,
  * require, collectgarbage), table, string, math and utf8 libraries, text
@@ -157,10 +158,44 @@ int sonde_script__window(struct sonde_script *s, const struct sonde_script_windo
  * until the next call into this script. */
 const char *sonde_script__last_error(const struct sonde_script *s);
 
+/*
+ * Hooks: callbacks a plugin asks through the core (plugin.h, script_hook)
+ * on a miss of a cache of its own, never per event. One exists:
+ * "http_route", on_http_route(function(r)), given a table of string fields
+ * (red-metrics gives method, route, path, service, server_address). Its
+ * answer: a string, the route to use instead (at most
+ * SONDE_SCRIPT_ROUTE_MAX bytes, starting with '/' or "_OTHER", no control
+ * characters); false, drop the event; nil, keep.
+ */
+#define SONDE_SCRIPT_HOOK_KEEP	  0
+#define SONDE_SCRIPT_HOOK_REPLACE 1
+#define SONDE_SCRIPT_HOOK_DROP	  2
+#define SONDE_SCRIPT_ROUTE_MAX	  255
+
+/*
+ * Calls the callback of hook with a table of the nfields fields (a NULL
+ * value is left out: nil). SONDE_SCRIPT_HOOK_KEEP, _DROP, or _REPLACE with
+ * the replacement in out (NUL-terminated; outlen must be at least
+ * SONDE_SCRIPT_ROUTE_MAX + 1). -ENOENT: no such hook, or the script set no
+ * callback for it (it cannot set one later: only the main chunk can);
+ * -ENOBUFS: out is too small; -EFAULT: fields is NULL; -EINVAL when the callback failed (an error,
+ * the budget, the memory cap, a bad return value): the message is in
+ * sonde_script__last_error and the failure is counted, as for
+ * sonde_script__decide; the caller keeps what it had.
+ */
+int sonde_script__hook(struct sonde_script *s, const char *hook,
+		       const struct sonde_script_label *fields, size_t nfields, char *out,
+		       size_t outlen);
+
+/* A number no other script loaded by this process has: what a plugin that
+ * caches hook answers compares to know the script was reloaded. Never 0. */
+uint64_t sonde_script__generation(const struct sonde_script *s);
+
 struct sonde_script_stats {
 	uint64_t errors;	  /* failed callbacks, whatever the cause */
 	uint64_t budget_overruns; /* of those, the ones the instruction budget stopped */
 	uint64_t memory_overruns; /* of those, the ones during which the memory cap refused */
+	uint64_t http_route_calls; /* calls of on_http_route, failed ones included */
 };
 void sonde_script__stats(const struct sonde_script *s, struct sonde_script_stats *out);
 

@@ -9,7 +9,8 @@
  * The tracepoints are attached once at init and filter on the `targets`
  * bitmap, which attach_process/detach_process keep (and BPF itself, for
  * forked children and listeners): a process nobody chose costs one array
- * lookup per hooked syscall.
+ * lookup per hooked syscall. The script's on_http_route reaches the
+ * aggregator's route cache through the host's script_hook (ABI 1.5).
  */
 #include <ctype.h>
 #include <dirent.h>
@@ -56,6 +57,10 @@ static const char *const counter_names[][2] = {
 	{"bad-heads", "Captured heads that did not parse as HTTP/1.x."},
 	{"route-overflow", "Requests folded into http_route=\"_OTHER\" by the per-service cap."},
 	{"series-expired", "Series dropped after series_ttl_s without a request."},
+	{"dropped-by-script", "Requests the script's on_http_route dropped: not counted."},
+	{"script-route-calls",
+	 "Calls of the script's on_http_route: one per route cache miss, never per request."},
+	{"route-cache-resets", "Times the full route cache was emptied."},
 	{"ringbuf-drops", "Records lost because the plugin's ringbuf was full."},
 	{"read-faults", "Heads that could not be read from the process's memory."},
 	{"connections", "Connections accepted by watched processes."},
@@ -63,7 +68,7 @@ static const char *const counter_names[][2] = {
 	 "Requests whose thread could not be tagged for the profiles: thread_tags was full."},
 	{"listeners", "Processes watched because they listen on TCP (watch = \"listeners\")."},
 };
-#define N_AGG_COUNTERS 8
+#define N_AGG_COUNTERS 11
 #define N_COUNTERS     (sizeof(counter_names) / sizeof(counter_names[0]))
 #define C_LISTENERS    (N_AGG_COUNTERS + RED_STAT__COUNT)
 _Static_assert(N_AGG_COUNTERS * sizeof(uint64_t) == sizeof(struct sonde_red_agg_stats),
@@ -87,6 +92,8 @@ struct red {
 	uint64_t ports[RED_PORT_WORDS]; /* listen_ports, a bitmap */
 	struct sonde_red_patterns patterns;
 	uint64_t *counters[N_COUNTERS];
+	int has_hook;	     /* the host has script_hook (ABI 1.5) */
+	uint64_t script_gen; /* the script's generation the route cache holds answers of */
 };
 
 /* Syscall tracepoints need tracefs for their ids; mount it where libbpf
@@ -102,6 +109,44 @@ static int ensure_tracefs(struct red *r)
 		return -errno;
 	r->api->log(r->host, SONDE_PLUGIN_LOG_INFO, "mounted tracefs on /sys/kernel/tracing");
 	return 0;
+}
+
+/* The route cache holds the answers of one script: a reload empties it. One
+ * call per batch of records, not per record: a batch is milliseconds. */
+static void consume(struct red *r)
+{
+	uint64_t gen;
+
+	if (r->has_hook) {
+		gen = r->api->script_generation(r->host);
+		if (gen != r->script_gen) {
+			r->script_gen = gen;
+			sonde_red_agg__script_changed(r->agg);
+		}
+	}
+	ring_buffer__consume(r->rb);
+}
+
+/* The aggregator's route hook: on_http_route, through the core. */
+static int route_hook(void *ctx, const struct sonde_red_route_query *q, char *out, size_t outlen)
+{
+	struct red *r = ctx;
+	struct sonde_plugin_label fields[5] = {
+		{"method", q->method}, {"route", q->route},
+		{"path", q->path},     {"service", q->service},
+		{"server_address", q->server_address},
+	};
+	int rc;
+
+	rc = r->api->script_hook(r->host, "http_route", fields, 5, out, outlen);
+	switch (rc) {
+	case SONDE_HOOK_REPLACE:
+		return SONDE_RED_HOOK_REPLACE;
+	case SONDE_HOOK_DROP:
+		return SONDE_RED_HOOK_DROP;
+	default:
+		return rc < 0 ? rc : SONDE_RED_HOOK_KEEP;
+	}
 }
 
 static void sync_agg_counters(struct red *r)
@@ -205,7 +250,7 @@ static void on_ringbuf(void *ctx, int fd, uint32_t revents)
 
 	(void)fd;
 	(void)revents;
-	ring_buffer__consume(r->rb);
+	consume(r);
 	sync_agg_counters(r);
 }
 
@@ -213,7 +258,7 @@ static void on_timer(void *ctx)
 {
 	struct red *r = ctx;
 
-	ring_buffer__consume(r->rb);
+	consume(r);
 	if (++r->ticks % 10 == 0) /* once a second: the TTL is in seconds */
 		sonde_red_agg__expire(r->agg, monotonic_ns());
 	sync_counters(r);
@@ -230,7 +275,7 @@ static void on_window(void *ctx)
 	void *buf;
 	int rc;
 
-	ring_buffer__consume(r->rb);
+	consume(r);
 	clock_gettime(CLOCK_REALTIME, &now);
 	start = (double)r->window_start.tv_sec + (double)r->window_start.tv_nsec / 1e9;
 	duration = (double)now.tv_sec + (double)now.tv_nsec / 1e9 - start;
@@ -475,6 +520,8 @@ static int tag_labels(void *state, uint32_t pid, uint64_t tag, struct sonde_plug
 		return -ENOENT;
 	if (!sonde_red_agg__exchange(r->agg, pid, tag & RED_TAG_MASK, &method, &route))
 		return 0;
+	if (!route)
+		return -ENOENT; /* the script dropped the request */
 	labels[0] = (struct sonde_plugin_label){"http_route", route};
 	labels[1] = (struct sonde_plugin_label){"http_request_method", method};
 	return 2;
@@ -558,6 +605,15 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 	opts.max_routes = (unsigned int)s->max_routes;
 	opts.patterns = &r->patterns;
 	opts.series_ttl_ns = (uint64_t)s->series_ttl_s * 1000000000ULL;
+	/* on_http_route, where the host has it (ABI 1.5) */
+	r->has_hook = api->size >= offsetof(struct sonde_host_api, script_generation) +
+					   sizeof(api->script_generation) &&
+		      api->script_hook && api->script_generation;
+	if (r->has_hook) {
+		opts.route_hook = route_hook;
+		opts.route_hook_ctx = r;
+		r->script_gen = api->script_generation(host);
+	}
 	r->agg = sonde_red_agg__new(&opts);
 	if (!r->agg) {
 		snprintf(err, errlen, "out of memory");
@@ -695,7 +751,7 @@ static void red_detach(void *state, uint32_t pid)
 	struct red *r = state;
 
 	/* Records of pid still in the ringbuf come first. */
-	ring_buffer__consume(r->rb);
+	consume(r);
 	set_target(r, pid, 0);
 	sonde_red_agg__forget(r->agg, pid);
 }
@@ -704,7 +760,7 @@ static int red_write_metrics(void *state, FILE *out)
 {
 	struct red *r = state;
 
-	ring_buffer__consume(r->rb); /* a scrape sees every request before it */
+	consume(r); /* a scrape sees every request before it */
 	sonde_red_agg__expire(r->agg, monotonic_ns());
 	sync_counters(r);
 	return sonde_red_agg__write(r->agg, out);
@@ -741,7 +797,7 @@ const struct sonde_plugin sonde_plugin = {
 	.abi_minor = SONDE_PLUGIN_ABI_MINOR,
 	.size = sizeof(struct sonde_plugin),
 	.name = "red-metrics",
-	.version = "0.3",
+	.version = "0.4",
 	.description = "HTTP/1.x server and client RED metrics from syscall tracepoints",
 	.settings = red_settings_table,
 	.settings_size = sizeof(struct red_settings),

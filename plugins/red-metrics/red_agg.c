@@ -4,7 +4,9 @@
  * naming them: the request head gives method and route, the record the
  * rest. The route cap bounds how many series a service can make; the TTL
  * (series_ttl_ns) drops those that stopped counting, which frees their
- * route's place under the cap.
+ * route's place under the cap. The script's route hook is Lua under a
+ * budget: its answers are cached by what it is asked about, so a service
+ * with a handful of routes costs a handful of calls, whatever its rate.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -181,8 +183,10 @@ struct exchange {
 	uint16_t port;
 	int status;
 	const char *method;
-	int pattern; /* route is one of the script's patterns */
-	char route[SONDE_RED_ROUTE_MAX];
+	const char *service;
+	int pattern;	   /* route is one of the script's patterns (or replaces one) */
+	const char *route; /* built, or the script's (interned) */
+	char built[SONDE_RED_ROUTE_MAX]; /* by a pattern or the heuristic */
 };
 
 struct service_routes {
@@ -196,6 +200,10 @@ struct route_use {
 /* At least this many route strings are interned before new routes fold
  * into _OTHER (see intern()). */
 #define INTERN_MIN 65536
+#define ROUTE_CACHE_MAX 4096
+
+/* Route cache values that are not a route string. */
+static const char keep_mark, drop_mark, fold_mark;
 
 struct sonde_red_agg {
 	struct sonde_red_agg_opts opts;
@@ -207,6 +215,9 @@ struct sonde_red_agg {
 	struct map series;	 /* side and labels -> struct series */
 	struct map strings;	 /* route -> its interned copy (char *), see intern() */
 	size_t strings_max;
+	/* "service\0method\0route" -> an interned route, or one of the marks */
+	struct map route_cache;
+	int hook_off; /* no route hook, or it said -ENOENT */
 	struct series *first, **tail;
 	struct red_tags *tags;	 /* recent server exchanges, for thread tags */
 	uint64_t now_ns;	 /* the latest time seen (records, expire()) */
@@ -224,8 +235,10 @@ struct sonde_red_agg {
  * SONDE_RED_PATTERNS_MAX, added at start), _OTHER, or a heuristic route
  * admitted under its service's max_routes; without a TTL that is at most
  * max_routes per service, with one the same again per TTL at worst (a
- * heuristic route never holds an id, so real APIs have few), and never more
- * than strings_max: past it, new routes fold into _OTHER (route_overflow).
+ * heuristic route never holds an id, so real APIs have few); the route
+ * hook's replacements add one per distinct answer (ask_hook); and never
+ * more than strings_max: past it, new routes fold into _OTHER
+ * (route_overflow).
  */
 static const char *intern(struct sonde_red_agg *agg, const char *route)
 {
@@ -254,6 +267,11 @@ struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
 
 	agg->opts.max_routes = opts && opts->max_routes ? opts->max_routes : 100;
 	agg->opts.series_ttl_ns = opts ? opts->series_ttl_ns : 0;
+	agg->opts.route_hook = opts ? opts->route_hook : NULL;
+	agg->opts.route_hook_ctx = opts ? opts->route_hook_ctx : NULL;
+	agg->opts.route_cache_max =
+		opts && opts->route_cache_max ? opts->route_cache_max : ROUTE_CACHE_MAX;
+	agg->hook_off = !agg->opts.route_hook;
 	if (opts && opts->patterns)
 		agg->patterns = *opts->patterns;
 	agg->strings_max = (size_t)agg->opts.max_routes * 4 > INTERN_MIN
@@ -292,6 +310,7 @@ void sonde_red_agg__free(struct sonde_red_agg *agg)
 	map_clear(&agg->routes, free);
 	map_clear(&agg->route_counts, free);
 	map_clear(&agg->series, free_series);
+	map_clear(&agg->route_cache, NULL); /* interned strings and marks */
 	red_tags__free(agg->tags);
 	map_clear(&agg->strings, free); /* last: everything above pointed into it */
 	free(agg);
@@ -320,6 +339,12 @@ void sonde_red_agg__forget(struct sonde_red_agg *agg, uint32_t tgid)
 const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_agg *agg)
 {
 	return &agg->stats;
+}
+
+void sonde_red_agg__script_changed(struct sonde_red_agg *agg)
+{
+	map_clear(&agg->route_cache, NULL);
+	agg->hook_off = !agg->opts.route_hook;
 }
 
 /* Label values are ours or templated, but a comm can hold anything. */
@@ -433,7 +458,7 @@ static void drop_route(struct sonde_red_agg *agg, const char *service, const cha
 
 static struct series *get_series(struct sonde_red_agg *agg, const struct exchange *x)
 {
-	const char *service = map_get(&agg->services, &x->tgid, sizeof(x->tgid));
+	const char *service = x->service;
 	/* the key is the side, then the label set: a client's series can carry
 	 * the same labels as a server's (server_address on both sides) */
 	char key[1 + 1024] = "", *labels = key + 1, *p = labels, *end = key + sizeof(key);
@@ -442,8 +467,6 @@ static struct series *get_series(struct sonde_red_agg *agg, const struct exchang
 	struct series *s;
 	size_t len;
 
-	if (!service)
-		service = "unknown_service";
 	snprintf(status, sizeof(status), "%d", x->status);
 	snprintf(port, sizeof(port), "%u", x->port);
 	put_label(&p, labels, end, "service_name", service);
@@ -533,6 +556,82 @@ unsigned int sonde_red_agg__expire(struct sonde_red_agg *agg, uint64_t now_ns)
 	return n;
 }
 
+/* What the hook answered, as a route cache value. Its replacement is
+ * interned here, under the same bound as the routes of series: past it,
+ * the route folds into _OTHER. */
+static const char *ask_hook(struct sonde_red_agg *agg, const struct exchange *x, const char *path)
+{
+	struct sonde_red_route_query q = {
+		.service = x->service,
+		.method = x->method,
+		.route = x->route,
+		.path = path,
+		.server_address = x->addr[0] ? x->addr : NULL,
+	};
+	char out[SONDE_RED_HOOK_ROUTE_MAX + 1] = "";
+	const char *v;
+	size_t len;
+	int rc;
+
+	rc = agg->opts.route_hook(agg->opts.route_hook_ctx, &q, out, sizeof(out));
+	if (rc == -ENOENT) {
+		agg->hook_off = 1;
+		return NULL;
+	}
+	agg->stats.route_hook_calls++;
+	if (rc == SONDE_RED_HOOK_DROP)
+		return &drop_mark;
+	out[sizeof(out) - 1] = '\0';
+	if (rc != SONDE_RED_HOOK_REPLACE || (out[0] != '/' && strcmp(out, OVERFLOW_ROUTE)))
+		return &keep_mark;
+	len = strlen(out);
+	v = map_get(&agg->strings, out, len);
+	if (v)
+		return v;
+	if (agg->strings.count >= agg->strings_max)
+		return &fold_mark;
+	v = intern(agg, out);
+	return v ? v : &keep_mark; /* ENOMEM: the route it had */
+}
+
+/*
+ * The route cache: the hook's answer for x's (service, method, route), asked
+ * on a miss. Applies a replacement to x; returns whether x is dropped.
+ */
+static bool script_route(struct sonde_red_agg *agg, struct exchange *x, const char *path)
+{
+	size_t sl = strlen(x->service), ml = strlen(x->method), rl = strlen(x->route);
+	char key[SONDE_RED_HOST_MAX * 2 + SONDE_RED_ROUTE_MAX + 64];
+	size_t len = sl + 1 + ml + 1 + rl;
+	const char *v;
+
+	if (len > sizeof(key))
+		return false; /* a service name too long to key: keeps its route */
+	memcpy(key, x->service, sl + 1);
+	memcpy(key + sl + 1, x->method, ml + 1);
+	memcpy(key + sl + 1 + ml + 1, x->route, rl);
+	v = map_get(&agg->route_cache, key, len);
+	if (!v) {
+		v = ask_hook(agg, x, path);
+		if (!v)
+			return false; /* no callback: nothing to cache */
+		if (agg->route_cache.count >= agg->opts.route_cache_max) {
+			map_clear(&agg->route_cache, NULL);
+			agg->stats.route_cache_resets++;
+		}
+		map_put(&agg->route_cache, key, len, (void *)v); /* ENOMEM: asked again */
+	}
+	if (v == &drop_mark)
+		return true;
+	if (v == &fold_mark) {
+		agg->stats.route_overflow++;
+		x->route = OVERFLOW_ROUTE;
+	} else if (v != &keep_mark) {
+		x->route = v;
+	}
+	return false;
+}
+
 static void observe_one(uint64_t *buckets, const double *bounds, size_t n, double v)
 {
 	size_t i;
@@ -561,6 +660,7 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	const char *route;
 	struct series *s;
 	double d, reqb, resp;
+	bool has_path;
 
 	if (size < sizeof(*ev) || size < sizeof(*ev) + ev->len || ev->type != RED_EV_EXCHANGE)
 		return -EINVAL;
@@ -600,15 +700,29 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 		inet_ntop(AF_INET6, ev->server_addr, x.addr, sizeof(x.addr));
 	x.status = ev->status;
 	x.method = req.method;
-	route = req.line_complete && req.path[0] ? sonde_red_patterns_match(&agg->patterns, req.path)
-						 : NULL;
+	x.service = map_get(&agg->services, &x.tgid, sizeof(x.tgid));
+	if (!x.service)
+		x.service = "unknown_service";
+	has_path = req.line_complete && req.path[0];
+	route = has_path ? sonde_red_patterns_match(&agg->patterns, req.path) : NULL;
+	x.route = x.built;
 	if (route) {
-		snprintf(x.route, sizeof(x.route), "%s", route); /* the script's, as written */
+		snprintf(x.built, sizeof(x.built), "%s", route); /* the script's, as written */
 		x.pattern = 1;
-	} else if (req.line_complete && req.path[0]) {
-		sonde_red_route(req.path, x.route, sizeof(x.route));
+	} else if (has_path) {
+		sonde_red_route(req.path, x.built, sizeof(x.built));
 	} else {
-		snprintf(x.route, sizeof(x.route), "%s", OVERFLOW_ROUTE); /* target cut */
+		snprintf(x.built, sizeof(x.built), "%s", OVERFLOW_ROUTE); /* target cut */
+	}
+	if (has_path && !agg->hook_off && script_route(agg, &x, req.path)) {
+		agg->stats.dropped_by_script++;
+		/* samples of its thread get no labels, and need not wait for them */
+		if (!x.client)
+			red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, x.method, NULL,
+				      ev->last);
+		if (ev->last > agg->now_ns)
+			agg->now_ns = ev->last;
+		return 0;
 	}
 	s = get_series(agg, &x);
 	if (!s)

@@ -32,6 +32,30 @@
 
 struct sonde_red_agg;
 
+/*
+ * The script's say on routes (on_http_route, through plugin.h's
+ * script_hook). The aggregator asks once per distinct (service, method,
+ * route) of the patterns and the heuristic, on a miss of its route cache,
+ * never per request: path and server_address are those of the request
+ * that missed, and the answer holds for the later ones of that key.
+ * Requests whose target was cut (route _OTHER, no path) are not asked about.
+ */
+struct sonde_red_route_query {
+	const char *service, *method, *route;
+	const char *path;	    /* without the query string */
+	const char *server_address; /* NULL: none */
+};
+#define SONDE_RED_HOOK_KEEP	 0
+#define SONDE_RED_HOOK_REPLACE	 1 /* out holds the route to use instead */
+#define SONDE_RED_HOOK_DROP	 2 /* counted in no series, no thread-tag labels */
+#define SONDE_RED_HOOK_ROUTE_MAX 255
+/* out has SONDE_RED_HOOK_ROUTE_MAX + 1 bytes. -ENOENT: there is no callback,
+ * do not ask again until sonde_red_agg__script_changed(); another -errno:
+ * keep (cached like an answer). A replacement that is not a route (not
+ * starting with '/' and not "_OTHER") counts as keep. */
+typedef int (*sonde_red_route_hook_fn)(void *ctx, const struct sonde_red_route_query *q,
+				       char *out, size_t outlen);
+
 struct sonde_red_agg_opts {
 	unsigned int max_routes;  /* distinct routes per service; more fold into _OTHER */
 	/* Route patterns tried before the heuristic (copied); NULL: none. A
@@ -42,6 +66,13 @@ struct sonde_red_agg_opts {
 	 * CLOCK_MONOTONIC time) is dropped, from the output and from its
 	 * service's route count; 0: never. */
 	uint64_t series_ttl_ns;
+	/* NULL: no script routes. A route the script gives counts under
+	 * max_routes, unless it replaces a pattern's. */
+	sonde_red_route_hook_fn route_hook;
+	void *route_hook_ctx;
+	/* entries of the route cache; when full it is emptied (and counted);
+	 * 0: 4096 */
+	unsigned int route_cache_max;
 };
 
 /* Counters of what did not go into a histogram, and why. */
@@ -55,6 +86,9 @@ struct sonde_red_agg_stats {
 	uint64_t bad_heads;	 /* heads that did not parse */
 	uint64_t route_overflow; /* requests folded into http_route="_OTHER" */
 	uint64_t series_expired; /* series dropped by series_ttl_ns */
+	uint64_t dropped_by_script;  /* requests the route hook dropped: not counted */
+	uint64_t route_hook_calls;   /* answers of the route hook (route cache misses) */
+	uint64_t route_cache_resets; /* times the full route cache was emptied */
 };
 
 /* NULL and errno on failure; opts NULL: 100 routes. */
@@ -98,12 +132,17 @@ unsigned int sonde_red_agg__expire(struct sonde_red_agg *agg, uint64_t now_ns);
 
 const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_agg *agg);
 
+/* The script changed (a reload): forgets the route cache's answers, and asks
+ * the route hook again even after an -ENOENT. */
+void sonde_red_agg__script_changed(struct sonde_red_agg *agg);
+
 /*
  * The method and route of the server exchange tgid started at start
  * (RED_TAG_MASK of red_event.start: the value of its thread tag), among
  * those consumed in the last RED_AGG_TAG_KEEP_NS. The strings live as long
  * as agg (route strings are kept for agg's life, even once their series
- * expired). False when it is not (or no longer) known.
+ * expired). *route is NULL for an exchange the route hook dropped: it has
+ * no labels. False when it is not (or no longer) known.
  */
 #define RED_AGG_TAG_KEEP_NS (30ULL * 1000000000ULL)
 bool sonde_red_agg__exchange(const struct sonde_red_agg *agg, uint32_t tgid, uint64_t start,

@@ -16,12 +16,20 @@ before it too) and one started after are counted exactly, with the
 script's route patterns, their series leave /metrics series_ttl_s after
 their last request, and a server's exit takes it out of the listeners
 map; with listen_ports naming other ports, neither is counted (and
-the servers on those ports, started before and after sonded, are)."""
+the servers on those ports, started before and after sonded, are).
+
+Then on_http_route: the script renames /users/* to /users/{id}, drops /ok
+and fails on /fail. The counts land exactly under the new route, /ok has
+no series and sonde_plugin_red_metrics_dropped_by_script_total equals the
+/ok requests sent, a failure keeps the route and is counted once, and the
+callback ran once per distinct route (its own log lines say so), however
+many requests; after a reload without the callback, routes are as made."""
 import http.client
 import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -569,6 +577,91 @@ on_process(function(p) return false end)
                 fail(f"listen_ports: port {port} {route}: {got} counted, {n} sent\n{text}")
         print(f"ok: listen_ports kept ports {port_a} and {port_d} out and counted {port_c} "
               f"(before sonded) and {port_e} (after) exactly")
+
+    # on_http_route: asked once per (service, method, route), never per request.
+    port_f = free_port()
+    serve(port_f)
+    hook_lua = os.path.join(work, "hook.lua")
+    head = f"""
+plugin "red-metrics" {{ required = true, watch = "listeners", listen_ports = "{port_f}" }}
+on_process(function(p) return false end)
+"""
+    with open(hook_lua, "w") as f:
+        f.write(head + """
+on_http_route(function(r) return "/replaced" end) -- the next one takes its place
+on_http_route(function(r)
+  log("on_http_route:", r.service, r.method, r.route, r.path, tostring(r.server_address))
+  if r.route == "/users/*" then
+    return "/users/{id}"
+  end
+  if r.route == "/ok" then
+    return false
+  end
+  if r.route == "/fail" then
+    error("no opinion on failures")
+  end
+end)
+""")
+    with Sonded("--script", hook_lua, "--plugin-dir", plugin_dir) as d:
+        conn = http.client.HTTPConnection("127.0.0.1", port_f, timeout=30)
+        requests(port_f, [f"/users/{1000 + i}" for i in range(7)] + ["/ok"] * 5 +
+                 ["/missing"] * 3 + ["/fail"] * 2, conn)
+        conn.close()
+        requests(port_f, ["/users/2000?x=1"] * 3 + ["/ok"] * 2)  # another connection
+        sent_ok = 7
+        text, m = series(d)
+
+        def on_port(route, status):
+            return sample(m, "http_server_request_duration_seconds_count",
+                          service_name="python3", server_port=port_f, http_route=route,
+                          http_response_status_code=status, http_request_method="GET")
+
+        for route, status, n in (("/users/{id}", 200, 10), ("/missing", 404, 3),
+                                 ("/fail", 500, 2)):
+            if on_port(route, status) != n:
+                fail(f"on_http_route: {route} {status}: {on_port(route, status)} counted, "
+                     f"{n} sent\n{text}\n{d.output()}")
+        for route in ("/ok", "/users/*", "/replaced"):
+            if any(("http_route", route) in ls and ("server_port", str(port_f)) in ls
+                   for (_, ls) in m):
+                fail(f"on_http_route: a series with http_route={route}\n{text}")
+        dropped = d.metric("sonde_plugin_red_metrics_dropped_by_script_total")
+        if dropped != sent_ok:
+            fail(f"dropped_by_script is {dropped}, {sent_ok} /ok requests were sent")
+        calls = [ln for ln in d.output().splitlines() if "on_http_route:" in ln and
+                 "script:" not in ln]
+        want_calls = ["python3 GET /users/* /users/1000 127.0.0.1", "python3 GET /ok /ok",
+                      "python3 GET /missing /missing", "python3 GET /fail /fail"]
+        if len(calls) != 4 or not all(w in c for w, c in zip(want_calls, calls)):
+            fail(f"on_http_route ran {len(calls)} times for 22 requests of 4 routes, "
+                 f"wanted 4 calls: {want_calls}\n{calls}")
+        if d.metric("sonde_plugin_red_metrics_script_route_calls_total") != 4:
+            fail("sonde_plugin_red_metrics_script_route_calls_total is not 4")
+        errors = sample(m, "sonde_script_errors_total", reason="error")
+        if errors != 1 or "no opinion on failures" not in d.output():
+            fail(f"the failing call: sonde_script_errors_total{{reason=\"error\"}} is "
+                 f"{errors}, wanted 1, logged\n{d.output()}")
+        print(f"ok: on_http_route renamed 10 requests, dropped {sent_ok}, kept /fail when "
+              f"it failed, in 4 calls for 22 requests")
+
+        # A reload without the callback: the cache goes, the routes are as made.
+        with open(hook_lua, "w") as f:
+            f.write(head)
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while "reloaded " + hook_lua not in d.output():
+            if time.time() > deadline:
+                fail(f"no reload within 10 s:\n{d.output()}")
+            time.sleep(0.1)
+        requests(port_f, ["/users/3000"] * 2 + ["/ok"] * 3)
+        text, m = series(d)
+        if on_port("/users/*", 200) != 2 or on_port("/ok", 200) != 3 or \
+                on_port("/users/{id}", 200) != 10:
+            fail(f"after a reload without on_http_route:\n{text}")
+        if d.metric("sonde_plugin_red_metrics_dropped_by_script_total") != sent_ok or \
+                d.metric("sonde_plugin_red_metrics_script_route_calls_total") != 4:
+            fail("the reloaded script without on_http_route was asked, or dropped")
+        print("ok: after a reload without on_http_route, /users/* and /ok are counted as made")
 finally:
     for p in reversed(procs):
         if p.poll() is None:

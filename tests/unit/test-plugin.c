@@ -586,6 +586,100 @@ static void test_read_memory(void **state)
 	dlclose(handle);
 }
 
+/* The daemon's side of script_hook, faked: what the plugin asked. */
+static struct {
+	int calls;
+	char hook[32], fields[256];
+	int answer;
+} fake_script;
+
+static int fake_hook(void *ctx, const char *hook, const struct sonde_plugin_label *fields,
+		     int nfields, char *out, size_t outlen)
+{
+	size_t used = 0;
+	int i;
+
+	assert_ptr_equal(ctx, &fake_script);
+	fake_script.calls++;
+	snprintf(fake_script.hook, sizeof(fake_script.hook), "%s", hook);
+	fake_script.fields[0] = '\0';
+	for (i = 0; i < nfields; i++)
+		used += (size_t)snprintf(fake_script.fields + used, sizeof(fake_script.fields) - used,
+					 "%s=%s;", fields[i].key,
+					 fields[i].value ? fields[i].value : "nil");
+	if (fake_script.answer == SONDE_HOOK_REPLACE)
+		snprintf(out, outlen, "/users/{id}");
+	return fake_script.answer;
+}
+
+static uint64_t fake_generation(void *ctx)
+{
+	assert_ptr_equal(ctx, &fake_script);
+	return 7;
+}
+
+/* ABI 1.5: script_hook reaches the daemon's script with the plugin's fields
+ * and gives its answer back; without a script, -ENOENT and generation 0. */
+static void test_script_hook(void **state)
+{
+	const struct sonde_plugin_label fields[] = {
+		{"method", "GET"}, {"route", "/users/*"}, {"server_address", NULL}};
+	struct sonde_plugin_label many[17];
+	struct fixture *f = *state;
+	struct sonde_plugin_services svc = {.loop = f->loop,
+					    .plugin_dir = DIR,
+					    .script_hook = fake_hook,
+					    .script_generation = fake_generation,
+					    .script_ctx = &fake_script};
+	const struct good_view *v;
+	char out[SONDE_HOOK_OUT_MIN];
+	void *handle;
+
+	/* the fixture's loader has no script */
+	assert_int_equal(load_good(f), 0);
+	v = good_view(&handle);
+	assert_int_equal(v->api->abi_minor, SONDE_PLUGIN_ABI_MINOR);
+	assert_true(v->api->size >= offsetof(struct sonde_host_api, script_generation) +
+					    sizeof(v->api->script_generation));
+	assert_int_equal(v->api->script_hook(v->host, "http_route", fields, 3, out, sizeof(out)),
+			 -ENOENT);
+	assert_int_equal(v->api->script_generation(v->host), 0);
+	dlclose(handle);
+	sonde_plugins__free(f->ps);
+
+	f->ps = sonde_plugins__new(&svc);
+	assert_non_null(f->ps);
+	assert_int_equal(load_good(f), 0);
+	v = good_view(&handle);
+	memset(&fake_script, 0, sizeof(fake_script));
+	fake_script.answer = SONDE_HOOK_REPLACE;
+	assert_int_equal(v->api->script_hook(v->host, "http_route", fields, 3, out, sizeof(out)),
+			 SONDE_HOOK_REPLACE);
+	assert_string_equal(out, "/users/{id}");
+	assert_string_equal(fake_script.hook, "http_route");
+	assert_string_equal(fake_script.fields, "method=GET;route=/users/*;server_address=nil;");
+	fake_script.answer = SONDE_HOOK_DROP;
+	assert_int_equal(v->api->script_hook(v->host, "http_route", fields, 3, out, sizeof(out)),
+			 SONDE_HOOK_DROP);
+	fake_script.answer = -EINVAL; /* a failed callback: the plugin keeps its route */
+	assert_int_equal(v->api->script_hook(v->host, "http_route", fields, 3, out, sizeof(out)),
+			 -EINVAL);
+	assert_int_equal(v->api->script_generation(v->host), 7);
+	/* what the plugin got wrong never reaches the script */
+	memset(many, 0, sizeof(many));
+	assert_int_equal(v->api->script_hook(v->host, "http_route", fields, 3, out, 255),
+			 -ENOBUFS);
+	assert_int_equal(v->api->script_hook(v->host, "http_route", many, 17, out, sizeof(out)),
+			 -E2BIG);
+	assert_int_equal(v->api->script_hook(v->host, NULL, fields, 3, out, sizeof(out)), -EFAULT);
+	assert_int_equal(v->api->script_hook(v->host, "http_route", NULL, 3, out, sizeof(out)),
+			 -EFAULT);
+	assert_int_equal(v->api->script_hook(v->host, "http_route", fields, -1, out, sizeof(out)),
+			 -E2BIG);
+	assert_int_equal(fake_script.calls, 3);
+	dlclose(handle);
+}
+
 static void test_free_calls_fini(void **state)
 {
 	struct fixture *f = *state;
@@ -625,6 +719,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_symbolize_reaches_the_plugin, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_loop_services, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_read_memory, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_script_hook, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_free_calls_fini, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

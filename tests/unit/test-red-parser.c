@@ -3,7 +3,8 @@
  * red-metrics without a kernel: the HTTP/1.x head parser and the route
  * templating over byte sequences as syscalls return them (cut anywhere,
  * garbage, binary noise), and the aggregator fed recorded ringbuf records,
- * checked through the Prometheus text it writes.
+ * checked through the Prometheus text it writes, with a fake of the script's
+ * route hook (on_http_route) for the route cache.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -751,6 +752,175 @@ static void test_agg_patterns_ttl(void **state)
 								     "}") " 1");
 }
 
+/* A fake on_http_route: renames /users/N (route /users/ and a star) to /users/{id}, drops /ok, fails
+ * on /err, answers what is not a route for /bad, keeps the rest; or, with
+ * absent, says there is no callback. Records every call. */
+static struct {
+	int calls;
+	int absent;
+	char last_key[256];
+	char last_path[256];
+	char last_addr[256]; /* "(nil)" for NULL */
+	char users_path[256]; /* the path it was asked about /users/N with */
+} hook;
+
+static int fake_hook(void *ctx, const struct sonde_red_route_query *q, char *out, size_t outlen)
+{
+	assert_ptr_equal(ctx, &hook);
+	assert_int_equal(outlen, SONDE_RED_HOOK_ROUTE_MAX + 1);
+	hook.calls++;
+	if (hook.absent)
+		return -ENOENT;
+	snprintf(hook.last_key, sizeof(hook.last_key), "%s %s %s", q->service, q->method,
+		 q->route);
+	snprintf(hook.last_path, sizeof(hook.last_path), "%s", q->path);
+	snprintf(hook.last_addr, sizeof(hook.last_addr), "%s",
+		 q->server_address ? q->server_address : "(nil)");
+	if (!strcmp(q->route, "/users/*")) {
+		snprintf(hook.users_path, sizeof(hook.users_path), "%s", q->path);
+		snprintf(out, outlen, "/users/{id}");
+		return SONDE_RED_HOOK_REPLACE;
+	}
+	if (!strcmp(q->route, "/ok"))
+		return SONDE_RED_HOOK_DROP;
+	if (!strcmp(q->route, "/err"))
+		return -EINVAL;
+	if (!strcmp(q->route, "/bad")) {
+		snprintf(out, outlen, "bad");
+		return SONDE_RED_HOOK_REPLACE;
+	}
+	return SONDE_RED_HOOK_KEEP;
+}
+
+static int setup_hook(void **state)
+{
+	struct sonde_red_agg_opts opts = {
+		.max_routes = 100, .route_hook = fake_hook, .route_hook_ctx = &hook,
+		.route_cache_max = 8};
+
+	(void)state;
+	memset(&hook, 0, sizeof(hook));
+	agg = sonde_red_agg__new(&opts);
+	assert_non_null(agg);
+	assert_int_equal(sonde_red_agg__set_service(agg, 100, "web"), 0);
+	return 0;
+}
+
+/* A request at start_us with a Host header when host is not NULL. */
+static void get_host(uint64_t start_us, const char *method, const char *target, const char *host)
+{
+	char head[256];
+
+	snprintf(head, sizeof(head), "%s %s HTTP/1.1\r\n%s%s%s\r\n", method, target,
+		 host ? "Host: " : "", host ? host : "", host ? "\r\n" : "");
+	put(RED_END_LENGTH, 5, start_us, start_us + 1000, head, 200, 39, 39, 0);
+}
+
+/*
+ * The route hook runs once per distinct (service, method, route), whatever
+ * the number of requests: its rename applies to them all, its drop keeps
+ * them out of every series and of the profiles' labels, a failure or a
+ * non-route keeps the route, and a script change asks again.
+ */
+static void test_agg_route_hook(void **state)
+{
+	const struct sonde_red_agg_stats *st = sonde_red_agg__stats(agg);
+	const char *method, *route;
+	char target[64];
+	int i;
+
+	(void)state;
+	for (i = 0; i < 50; i++) {
+		snprintf(target, sizeof(target), "/users/%d?q=%d", 1000 + i, i);
+		get_host((uint64_t)i * 10, "GET", target, i ? NULL : "Api.Test:8080");
+	}
+	assert_int_equal(hook.calls, 1);
+	assert_string_equal(hook.last_key, "web GET /users/*");
+	assert_string_equal(hook.users_path, "/users/1000"); /* the first one, no query */
+	assert_string_equal(hook.last_addr, "api.test");
+	for (i = 0; i < 30; i++)
+		get_host(1000 + (uint64_t)i, "GET", "/ok", NULL);
+	assert_int_equal(hook.calls, 2);
+	assert_string_equal(hook.last_addr, "(nil)");
+	for (i = 0; i < 5; i++) {
+		get_host(2000 + (uint64_t)i, "GET", "/err", NULL);
+		get_host(3000 + (uint64_t)i, "GET", "/bad", NULL);
+		get_host(4000 + (uint64_t)i, "GET", "/a", NULL);
+	}
+	get_host(5000, "POST", "/users/7", NULL); /* another method: another key */
+	assert_int_equal(hook.calls, 6);
+	assert_string_equal(hook.last_key, "web POST /users/*");
+	assert_int_equal(st->route_hook_calls, 6);
+
+	assert_int_equal(st->dropped_by_script, 30);
+	assert_int_equal(st->requests, 50 + 5 * 3 + 1);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/users/{id}",
+								     "}") " 49");
+	has_line("http_server_request_duration_seconds_count" SERIES("POST", "200", "/users/{id}",
+								     "}") " 1");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/err", "}") " 5");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/bad", "}") " 5");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/a", "}") " 5");
+	assert_null(strstr(written(), "http_route=\"/ok\""));
+	assert_null(strstr(written(), "http_route=\"/users/*\""));
+	assert_null(strstr(written(), "http_route=\"bad\""));
+
+	/* the profiles: the renamed route; a dropped request has none */
+	assert_true(sonde_red_agg__exchange(agg, 100, 20 * 1000, &method, &route));
+	assert_string_equal(route, "/users/{id}");
+	assert_true(sonde_red_agg__exchange(agg, 100, 1000 * 1000, &method, &route));
+	assert_null(route);
+
+	/* a reload: asked again, once */
+	sonde_red_agg__script_changed(agg);
+	get_host(6000, "GET", "/users/1", NULL);
+	get_host(6001, "GET", "/users/2", NULL);
+	assert_int_equal(hook.calls, 7);
+	assert_string_equal(hook.users_path, "/users/1");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/users/{id}",
+								     "}") " 51");
+
+	/* the cache holds 8 keys: the 9th distinct one empties it first */
+	for (i = 0; i < 9; i++) {
+		snprintf(target, sizeof(target), "/r%d", i);
+		get_host(7000 + (uint64_t)i, "GET", target, NULL);
+	}
+	assert_int_equal(hook.calls, 7 + 9);
+	assert_int_equal(st->route_cache_resets, 1);
+	get_host(7100, "GET", "/r8", NULL); /* in the cache since the reset */
+	get_host(7101, "GET", "/users/3", NULL); /* emptied with it */
+	assert_int_equal(hook.calls, 7 + 9 + 1);
+	assert_int_equal(st->route_hook_calls, (uint64_t)hook.calls);
+}
+
+/* A script without on_http_route: asked once, then never until it changes. */
+static void test_agg_route_hook_absent(void **state)
+{
+	const struct sonde_red_agg_stats *st = sonde_red_agg__stats(agg);
+	int i;
+
+	(void)state;
+	hook.absent = 1;
+	for (i = 0; i < 20; i++)
+		get_host((uint64_t)i, "GET", i % 2 ? "/ok" : "/users/5", NULL);
+	assert_int_equal(hook.calls, 1);
+	assert_int_equal(st->route_hook_calls, 0);
+	assert_int_equal(st->dropped_by_script, 0);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/ok", "}") " 10");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/users/*",
+								     "}") " 10");
+	/* a reload brings a callback */
+	hook.absent = 0;
+	sonde_red_agg__script_changed(agg);
+	for (i = 0; i < 20; i++)
+		get_host(100 + (uint64_t)i, "GET", i % 2 ? "/ok" : "/users/5", NULL);
+	assert_int_equal(hook.calls, 3);
+	assert_int_equal(st->dropped_by_script, 10);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/ok", "}") " 10");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/users/{id}",
+								     "}") " 10");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -771,6 +941,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_agg_window, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_client, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_patterns_ttl, setup_ttl, teardown),
+		cmocka_unit_test_setup_teardown(test_agg_route_hook, setup_hook, teardown),
+		cmocka_unit_test_setup_teardown(test_agg_route_hook_absent, setup_hook, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

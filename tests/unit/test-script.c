@@ -2,8 +2,9 @@
 /*
  * The scripting layer: configuration functions and their errors, on_process
  * decisions and their validation, on_window and publish (decoded with
- * msgpack-c), the sandbox, the budget and the memory cap in callbacks, and
- * every shipped script and documented example.
+ * msgpack-c), on_http_route through sonde_script__hook, the sandbox, the
+ * budget and the memory cap in callbacks, and every shipped script and
+ * documented example.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -990,6 +991,148 @@ static void test_two_states_coexist(void **state)
 	sonde_script__free(NULL);
 }
 
+/* Asks on_http_route about (method, route, path, service, server_address). */
+static int route(struct sonde_script *s, const char *method, const char *r, const char *p,
+		 const char *service, const char *addr, char *out)
+{
+	const struct sonde_script_label fields[] = {
+		{"method", method}, {"route", r}, {"path", p},
+		{"service", service}, {"server_address", addr},
+	};
+
+	return sonde_script__hook(s, "http_route", fields, 5, out, SONDE_SCRIPT_ROUTE_MAX + 1);
+}
+
+static void test_http_route(void **state)
+{
+	char out[SONDE_SCRIPT_ROUTE_MAX + 1], small[16];
+	struct sonde_script_stats st;
+	struct sonde_script *s;
+
+	(void)state;
+	/* no callback, or a hook nobody knows: -ENOENT, nothing counted */
+	s = load_ok("on_process(function() return true end)\n");
+	assert_int_equal(route(s, "GET", "/a", "/a", "web", NULL, out), -ENOENT);
+	sonde_script__free(s);
+
+	s = load_ok("on_http_route(function(r) return '/first' end)\n"
+		    "on_http_route(function(r)\n" /* line 2: the one that counts */
+		    "  if r.route == '/keep' then return nil end\n"
+		    "  if r.route == '/drop' then return false end\n"
+		    "  if r.route == '/echo' then\n"
+		    "    return '/' .. r.method .. '|' .. r.path .. '|' .. r.service .. '|' ..\n"
+		    "           tostring(r.server_address)\n"
+		    "  end\n"
+		    "  if r.route == '/true' then return true end\n"
+		    "  if r.route == '/num' then return 42 end\n"
+		    "  if r.route == '/rel' then return 'users/{id}' end\n"
+		    "  if r.route == '/other' then return '_OTHER' end\n"
+		    "  if r.route == '/long' then return '/' .. string.rep('x', 255) end\n"
+		    "  if r.route == '/max' then return '/' .. string.rep('x', 254) end\n"
+		    "  if r.route == '/ctl' then return '/a\\nb' end\n"
+		    "  if r.route == '/err' then local t = nil; return t.x end\n"
+		    "  if r.route == '/cb' then on_http_route(print) end\n"
+		    "  return '/renamed'\n"
+		    "end)\n");
+	assert_int_equal(sonde_script__hook(s, "http_routes", NULL, 0, out, sizeof(out)), -ENOENT);
+	assert_int_equal(route(s, "GET", "/users/*", "/users/7", "web", NULL, out),
+			 SONDE_SCRIPT_HOOK_REPLACE);
+	assert_string_equal(out, "/renamed");
+	assert_int_equal(route(s, "GET", "/keep", "/keep", "web", NULL, out), SONDE_SCRIPT_HOOK_KEEP);
+	assert_int_equal(route(s, "GET", "/drop", "/drop", "web", NULL, out), SONDE_SCRIPT_HOOK_DROP);
+	assert_int_equal(route(s, "POST", "/echo", "/echo/1", "api", NULL, out),
+			 SONDE_SCRIPT_HOOK_REPLACE);
+	assert_string_equal(out, "/POST|/echo/1|api|nil");
+	assert_int_equal(route(s, "PUT", "/echo", "/e", "api", "shop.test", out),
+			 SONDE_SCRIPT_HOOK_REPLACE);
+	assert_string_equal(out, "/PUT|/e|api|shop.test");
+	assert_int_equal(route(s, "GET", "/other", "/other", "web", NULL, out),
+			 SONDE_SCRIPT_HOOK_REPLACE);
+	assert_string_equal(out, "_OTHER");
+	assert_int_equal(route(s, "GET", "/max", "/max", "web", NULL, out),
+			 SONDE_SCRIPT_HOOK_REPLACE);
+	assert_int_equal(strlen(out), 255);
+	sonde_script__stats(s, &st);
+	assert_int_equal(st.errors, 0);
+
+	/* bad answers: errors at the callback's line, counted; out is "" */
+	assert_int_equal(route(s, "GET", "/true", "/true", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 2,
+		  "on_http_route: return a route (a string), false (drop) or nil (keep), not true");
+	assert_string_equal(out, "");
+	assert_int_equal(route(s, "GET", "/num", "/num", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 2, "not number");
+	assert_int_equal(route(s, "GET", "/rel", "/rel", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 2,
+		  "on_http_route: route 'users/{id}' must start with '/' or be \"_OTHER\"");
+	assert_int_equal(route(s, "GET", "/long", "/long", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 2,
+		  "on_http_route: the route is 256 bytes, more than 255");
+	assert_int_equal(route(s, "GET", "/ctl", "/ctl", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 2, "the route holds a control character (byte 3)");
+	assert_int_equal(route(s, "GET", "/err", "/err", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 16, "attempt to index a nil value (local 't')");
+	assert_int_equal(route(s, "GET", "/cb", "/cb", "web", NULL, out), -EINVAL);
+	expect_at(sonde_script__last_error(s), 17,
+		  "on_http_route: only the main chunk can call it, not a callback");
+	/* the next call works */
+	assert_int_equal(route(s, "GET", "/x", "/x", "web", NULL, out), SONDE_SCRIPT_HOOK_REPLACE);
+	assert_string_equal(out, "/renamed");
+	/* a buffer too small for a route: refused before the script runs */
+	assert_int_equal(sonde_script__hook(s, "http_route", NULL, 0, small, sizeof(small)),
+			 -ENOBUFS);
+	sonde_script__stats(s, &st);
+	assert_int_equal(st.errors, 7);
+	assert_int_equal(st.budget_overruns, 0);
+	assert_int_equal(st.http_route_calls, 15);
+	sonde_script__free(s);
+
+	/* the budget and the memory cap, as for on_process */
+	{
+		struct sonde_script_opts opts = {.budget = 100000, .memory_cap = 8 << 20};
+		char err[512];
+
+		s = load_opts("on_http_route(function(r)\n"
+			      "  if r.route == '/spin' then while true do end end\n"
+			      "  if r.route == '/eat' then\n"
+			      "    local t = {}\n"
+			      "    for i = 1, 1e9 do t[i] = string.rep('x', 1000) .. i end\n"
+			      "  end\n"
+			      "  return '/fine'\n"
+			      "end)\n",
+			      &opts, err, sizeof(err));
+		assert_non_null(s);
+		assert_int_equal(route(s, "GET", "/spin", "/spin", "web", NULL, out), -EINVAL);
+		expect_at(sonde_script__last_error(s), 2, "instruction budget of 100000 exhausted");
+		assert_int_equal(route(s, "GET", "/eat", "/eat", "web", NULL, out), -EINVAL);
+		expect_at(sonde_script__last_error(s), 5, "not enough memory");
+		assert_int_equal(route(s, "GET", "/a", "/a", "web", NULL, out),
+				 SONDE_SCRIPT_HOOK_REPLACE);
+		assert_string_equal(out, "/fine");
+		sonde_script__stats(s, &st);
+		assert_int_equal(st.errors, 2);
+		assert_int_equal(st.budget_overruns, 1);
+		assert_int_equal(st.memory_overruns, 1);
+		assert_int_equal(st.http_route_calls, 3);
+		sonde_script__free(s);
+	}
+}
+
+/* Every script has its own generation, never 0: a reload is seen. */
+static void test_generation(void **state)
+{
+	struct sonde_script *a, *b;
+
+	(void)state;
+	a = load_ok("-- a\n");
+	b = load_ok("-- a\n");
+	assert_true(sonde_script__generation(a) != 0);
+	assert_true(sonde_script__generation(b) != 0);
+	assert_true(sonde_script__generation(a) != sonde_script__generation(b));
+	sonde_script__free(a);
+	sonde_script__free(b);
+}
+
 /* Loads every *.lua in dir (unsafe-*.lua with allow_unsafe, and checks they
  * need it); returns how many. */
 static int load_all(const char *dir)
@@ -1220,6 +1363,30 @@ static void test_examples_behave_as_documented(void **state)
 	capture_free(&cap);
 	sonde_script__free(s);
 
+	s = load_example("http-routes.lua");
+	c = sonde_script__config(s);
+	assert_int_equal(c->nplugins, 1);
+	assert_string_equal(c->plugins[0].name, "red-metrics");
+	{
+		char out[SONDE_SCRIPT_ROUTE_MAX + 1];
+
+		assert_int_equal(route(s, "GET", "/healthz", "/healthz", "web", NULL, out),
+				 SONDE_SCRIPT_HOOK_DROP);
+		assert_int_equal(route(s, "GET", "/users/*", "/users/42", "web", NULL, out),
+				 SONDE_SCRIPT_HOOK_REPLACE);
+		assert_string_equal(out, "/users/{id}");
+		assert_int_equal(route(s, "POST", "/api/v1/orders/*", "/api/v1/orders/9", "legacy",
+				       "shop.test", out),
+				 SONDE_SCRIPT_HOOK_REPLACE);
+		assert_string_equal(out, "/api/v1/*");
+		assert_int_equal(route(s, "POST", "/api/v1/orders/*", "/api/v1/orders/9", "web",
+				       NULL, out),
+				 SONDE_SCRIPT_HOOK_KEEP);
+		assert_int_equal(route(s, "GET", "/static/*", "/static/app.js", "web", NULL, out),
+				 SONDE_SCRIPT_HOOK_KEEP);
+	}
+	sonde_script__free(s);
+
 	/* unsafe-teams-file.lua: the teams of SONDE_TEAMS */
 	{
 		char teams[] = "/tmp/sonde-teams-XXXXXX", err[512];
@@ -1262,6 +1429,8 @@ int main(void)
 		cmocka_unit_test(test_publish_errors),
 		cmocka_unit_test(test_log),
 		cmocka_unit_test(test_two_states_coexist),
+		cmocka_unit_test(test_http_route),
+		cmocka_unit_test(test_generation),
 		cmocka_unit_test(test_every_shipped_script_loads),
 		cmocka_unit_test(test_docs_show_shipped_examples),
 		cmocka_unit_test(test_examples_behave_as_documented),

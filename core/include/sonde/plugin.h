@@ -28,7 +28,7 @@
 
 #define SONDE_PLUGIN_MAGIC 0x736f6e64u /* "sond" */
 #define SONDE_PLUGIN_ABI_MAJOR 1
-#define SONDE_PLUGIN_ABI_MINOR 4
+#define SONDE_PLUGIN_ABI_MINOR 5
 #define SONDE_PLUGIN_SYMBOL "sonde_plugin"
 
 struct sonde_host; /* the core, opaque to plugins */
@@ -82,6 +82,12 @@ struct sonde_plugin_label {
 };
 typedef int (*sonde_plugin_tag_fn)(void *state, uint32_t pid, uint64_t tag,
 				   struct sonde_plugin_label *labels, int max);
+
+/* What script_hook (ABI 1.5) answers when the script's callback ran. */
+#define SONDE_HOOK_KEEP	   0 /* keep what the plugin had (the callback returned nil) */
+#define SONDE_HOOK_REPLACE 1 /* out holds the replacement */
+#define SONDE_HOOK_DROP	   2 /* drop the event (the callback returned false) */
+#define SONDE_HOOK_OUT_MIN 256 /* bytes out must have: a replacement is at most 255 */
 
 /* The services of the core; the table lives as long as the plugin. */
 struct sonde_host_api {
@@ -186,6 +192,36 @@ struct sonde_host_api {
 	 * -ENOSPC: the process has too many ranges).
 	 */
 	int (*set_handover)(struct sonde_host *host, uint32_t pid, const uint64_t *ranges, int n);
+
+	/* ABI 1.5 (check size before use): */
+
+	/*
+	 * Calls the script's callback for hook with a table of the nfields
+	 * fields ({ key = value }, a NULL value is nil). One hook exists:
+	 * "http_route" (on_http_route, docs/lua.md; fields method, route,
+	 * path, service, server_address). The callback is Lua under the
+	 * script's instruction budget: call it on a miss of a cache the
+	 * plugin keeps, never per event. Returns SONDE_HOOK_KEEP,
+	 * SONDE_HOOK_DROP, or SONDE_HOOK_REPLACE with the replacement in out
+	 * (NUL-terminated; outlen at least SONDE_HOOK_OUT_MIN); -ENOENT when
+	 * the script has no callback for hook (or sonded runs without a
+	 * script): do not call again until script_generation() changes;
+	 * -EINVAL when the callback failed (an error, the budget, the memory
+	 * cap, a bad answer), which the core logs and counts
+	 * (sonde_script_errors_total): keep what the plugin had; or another
+	 * -errno (-ENOBUFS: outlen too small; -E2BIG: nfields not in 0..16;
+	 * -EFAULT: hook or fields NULL).
+	 */
+	int (*script_hook)(struct sonde_host *host, const char *hook,
+			   const struct sonde_plugin_label *fields, int nfields, char *out,
+			   size_t outlen);
+
+	/*
+	 * A number that changes when the script does (a reload): what a
+	 * plugin compares to drop the answers of script_hook it cached, and
+	 * to call again a hook that gave -ENOENT. 0 without a script.
+	 */
+	uint64_t (*script_generation)(struct sonde_host *host);
 };
 
 /* A plugin setting, declared by the plugin and filled from the script. */
