@@ -204,6 +204,7 @@ __noinline long walk_one(struct sonde_sample *s, const struct py_proc *p, struct
 	__u32 first = 0, idx, slot;
 	struct py_code_slot *c;
 	const __u8 *head;
+	bool mark;
 
 	if (!s || !p || !win || !w || !w->frame)
 		return 1;
@@ -230,6 +231,13 @@ __noinline long walk_one(struct sonde_sample *s, const struct py_proc *p, struct
 		off = w->frame - lo;
 	}
 	head = win->bytes + (off & (PY_WINDOW - 1));
+	mark = head[p->fr_entry & (PY_FRAME_HEAD - 1)] == p->entry_val;
+	if (mark && p->entry_shim) {
+		/* the shim an eval call put below its first frame (3.12+): not
+		 * a function; the frames below it run in an outer call */
+		w->frame = head_word(head, p->fr_previous);
+		return w->one_call;
+	}
 	code = head_word(head, p->fr_code);
 	instr = head_word(head, p->fr_instr);
 	if (!code) {
@@ -252,7 +260,7 @@ __noinline long walk_one(struct sonde_sample *s, const struct py_proc *p, struct
 		c->expires = w->now + PY_CODE_TTL_NS;
 	}
 	idx = w->base + w->words;
-	if (w->words + 2 > SONDE_MAX_USTACK)
+	if (w->words + 2 > SONDE_MAX_USTACK || w->words >= 2 * PY_MAX_FRAMES)
 		return 1;
 	word = (py_kind << SONDE_FRAME_KIND_SHIFT) | ((__u64)(first & 0xffffff) << 32) |
 	       (__u32)(instr - code);
@@ -260,9 +268,9 @@ __noinline long walk_one(struct sonde_sample *s, const struct py_proc *p, struct
 		return 1;
 	w->words += 2;
 	w->frame = head_word(head, p->fr_previous);
-	/* the frame an eval call started with: the ones below run in
+	/* the frame an eval call started with (3.11): the ones below run in
 	 * another call, further down the native stack */
-	if (w->one_call && head[p->fr_is_entry & (PY_FRAME_HEAD - 1)])
+	if (w->one_call && mark)
 		return 1;
 	return 0;
 }
@@ -331,7 +339,7 @@ static __always_inline void walk_frames(struct walk *w)
 	w->at.now = t0;
 	/* A bounded loop, not bpf_loop(): no call per frame (10% of a frame's
 	 * time in bench/unwind-python). */
-	for (__u32 i = 0; i < PY_MAX_FRAMES; i++)
+	for (__u32 i = 0; i < PY_MAX_STEPS; i++)
 		if (walk_one(w->s, w->p, w->win, &w->at))
 			break;
 	if (w->at.err)
@@ -347,15 +355,17 @@ static __always_inline void walk_frames(struct walk *w)
 /* The thread's innermost interpreter frame, or 0 (counted). */
 static __always_inline __u64 current_frame(const struct py_proc *p)
 {
-	__u64 tstate = py_tstate(p, ns_tid()), cframe, frame;
+	__u64 tstate = py_tstate(p, ns_tid()), frame;
 	int err = 0;
 
 	if (!tstate) {
 		py_error(PY_ERR_NO_TSTATE);
 		return 0;
 	}
-	cframe = read_u64(tstate + p->ts_cframe, &err);
-	frame = cframe && !err ? read_u64(cframe + p->cf_frame, &err) : 0;
+	/* tstate->cframe->current_frame (3.11, 3.12) or ->current_frame */
+	frame = read_u64(tstate + p->ts_frame, &err);
+	if (p->frame_hops > 1 && frame && !err)
+		frame = read_u64(frame + p->cf_frame, &err);
 	if (err) {
 		py_error(PY_ERR_READ);
 		return 0;

@@ -1,17 +1,26 @@
 // SPDX-License-Identifier: MIT
 /*
- * sonde-unwind-python: Python functions in the stacks of CPython 3.11
- * processes, with qualified name, file and line.
+ * sonde-unwind-python: Python functions in the stacks of CPython 3.11, 3.12
+ * and 3.13 processes, with qualified name, file and line.
  *
  * attach_process finds the interpreter (the python3.X executable or
  * libpython3.X.so mapped), reads its version from Py_Version and fills the
  * process's offsets into py_procs; the BPF walker (python.bpf.c) emits one
- * interpreter frame per Python function, innermost first, before the
- * frame-pointer walk. The symbolizer reads the code object back from the
- * process, checks that it still is one, and decodes its location table.
+ * interpreter frame per Python function, innermost first. The symbolizer
+ * reads the code object back from the process, checks that it still is
+ * one, and decodes its location table.
  *
- * This increment puts all Python frames of the thread before the native
- * ones; merging them in place into a DWARF-unwound native stack is next.
+ * Offsets come from the binary where it says them: the code object's from
+ * PyCode_Type's member table and basic size (3.11, 3.12) or from the
+ * _Py_DebugOffsets at the start of _PyRuntime (3.13: also the thread
+ * state's, the frame's, str's and bytes'); the thread state's pthread key
+ * from the code of PyGILState_GetThisThreadState. What no binary says (the
+ * frame and thread state before 3.13, which byte marks an eval call's end)
+ * is in versions[], checked with gdb against debug builds. All of it is
+ * read from the live process, which therefore must have started its
+ * interpreter: a process offered at exec (a shared build has not even
+ * mapped libpython then) is attached and waits, set up by a timer once it
+ * has; the walk needs nothing before.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,7 +30,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <gelf.h>
+#include <libelf.h>
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
@@ -33,35 +46,42 @@
 #include "python.h"
 #include "python.skel.h"
 
-/* Layout facts of one CPython minor version, x86-64. 3.11: verified with gdb
- * and python3.11-dbg against Debian 12's 3.11.2 and pyenv's 3.11.7. */
+/* The layout facts of one process's interpreter, x86-64. */
 struct py_layout {
 	int minor;
-	uint32_t rt_tss_key;	/* _PyRuntime.gilstate.autoTSSkey._key */
-	uint32_t rt_gil_tstate; /* _PyRuntime.gilstate.tstate_current */
-	uint32_t ts_cframe, ts_thread_id, cf_frame;
-	uint32_t fr_code, fr_previous, fr_instr, fr_is_entry;
+	bool debug_offsets;	/* 3.13+: most of it from _Py_DebugOffsets */
+	uint32_t rt_tss_key;	/* _PyRuntime(.gilstate).autoTSSkey._key, if not decoded */
+	uint32_t rt_gil_tstate; /* _PyRuntime.gilstate.tstate_current; 0: none (3.12+) */
+	uint32_t ts_frame, ts_thread_id, cf_frame;
+	uint8_t frame_hops, entry_val, entry_shim;
+	uint32_t fr_code, fr_previous, fr_instr, fr_entry;
 	uint32_t co_firstlineno, co_filename, co_qualname, co_linetable, co_code;
 	uint32_t str_length, str_state, str_ascii_data, str_utf8_length, str_utf8, str_data;
 	uint32_t bytes_size, bytes_data;
 };
 
-static const struct py_layout layouts[] = {
+/*
+ * What the binaries do not say, per minor version, x86-64; the code
+ * object's offsets (and 3.13's others) are filled per process. Checked
+ * with gdb (`ptype /o`, `print &((T *)0)->field`) against the DWARF of
+ * pyenv's 3.11.7, 3.12.1 and 3.13.0 builds and python3.11-dbg (Debian's
+ * 3.11.2). rt_tss_key is a fallback for a PyGILState_GetThisThreadState
+ * the decoder does not know. Owner FRAME_OWNED_BY_CSTACK is 3 (3.12, 3.13:
+ * Include/internal/pycore_frame.h).
+ */
+static const struct py_layout versions[] = {
 	{.minor = 11,
 	 .rt_tss_key = 596,
 	 .rt_gil_tstate = 576,
-	 .ts_cframe = 56,
+	 .ts_frame = 56, /* cframe */
 	 .ts_thread_id = 160,
 	 .cf_frame = 8,
+	 .frame_hops = 2,
 	 .fr_code = 32,
 	 .fr_previous = 48,
 	 .fr_instr = 56,
-	 .fr_is_entry = 68,
-	 .co_firstlineno = 72,
-	 .co_filename = 112,
-	 .co_qualname = 128,
-	 .co_linetable = 136,
-	 .co_code = 184,
+	 .fr_entry = 68, /* is_entry */
+	 .entry_val = 1,
 	 .str_length = 16,
 	 .str_state = 32,
 	 .str_ascii_data = 48,
@@ -70,6 +90,28 @@ static const struct py_layout layouts[] = {
 	 .str_data = 72,
 	 .bytes_size = 16,
 	 .bytes_data = 32},
+	{.minor = 12,
+	 .rt_tss_key = 1548,
+	 .ts_frame = 56, /* cframe */
+	 .ts_thread_id = 144,
+	 .cf_frame = 0,
+	 .frame_hops = 2,
+	 .fr_code = 0,
+	 .fr_previous = 8,
+	 .fr_instr = 56,
+	 .fr_entry = 70, /* owner */
+	 .entry_val = 3,
+	 .entry_shim = 1,
+	 .str_length = 16,
+	 .str_state = 32,
+	 .str_ascii_data = 40,
+	 .str_utf8_length = 40,
+	 .str_utf8 = 48,
+	 .str_data = 56,
+	 .bytes_size = 16,
+	 .bytes_data = 32},
+	{.minor = 13, .debug_offsets = true, .rt_tss_key = 2164, .frame_hops = 1,
+	 .entry_val = 3, .entry_shim = 1},
 };
 
 /* glibc x86-64 (2.34+): struct pthread's specific_1stblock[key].data; what
@@ -100,8 +142,10 @@ struct code {
 struct proc {
 	struct proc *next;
 	uint32_t pid;
-	uint64_t code_type; /* &PyCode_Type in the process */
-	const struct py_layout *l;
+	bool pending;	     /* attached, waiting for the interpreter to start */
+	uint64_t give_up_ms; /* pending until then */
+	uint64_t code_type;  /* &PyCode_Type in the process */
+	struct py_layout l;
 };
 
 struct py {
@@ -111,6 +155,7 @@ struct py {
 	struct proc *procs;
 	struct code *codes[NBUCKETS];
 	struct plugin_strings strings; /* names handed to the core, until fini */
+	void *timer;		       /* sets up pending processes */
 	uint64_t stale, symbol_read;
 };
 
@@ -142,7 +187,7 @@ static int read_exact(struct py *py, uint32_t pid, uint64_t addr, void *buf, siz
 /* A str object as UTF-8 into out (cut at outlen - 1). */
 static int read_str(struct py *py, const struct proc *p, uint64_t addr, char *out, size_t outlen)
 {
-	const struct py_layout *l = p->l;
+	const struct py_layout *l = &p->l;
 	uint8_t head[80], raw[MAX_NAME];
 	int64_t len;
 	uint32_t state;
@@ -268,7 +313,7 @@ static void free_code(struct code *c)
 static struct code *load_code(struct py *py, const struct proc *p, uint64_t addr,
 			      uint32_t firstlineno)
 {
-	const struct py_layout *l = p->l;
+	const struct py_layout *l = &p->l;
 	uint8_t obj[256];
 	char name[MAX_NAME], file[PATH_MAX];
 	uint64_t type, qn, fn, lt;
@@ -326,7 +371,7 @@ static int py_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t paylo
 	if (!py || max < 1)
 		return 0;
 	p = find_proc(py, pid);
-	if (!p)
+	if (!p || p->pending)
 		return 0;
 	pc = &py->codes[hash64(payload ^ ((uint64_t)pid << 48)) % NBUCKETS];
 	for (c = *pc; c; c = c->next)
@@ -349,7 +394,7 @@ static int py_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t paylo
 		c->next = *pc;
 		*pc = c;
 	}
-	unit = off >= p->l->co_code ? (long)(off - p->l->co_code) / 2 : -1;
+	unit = off >= p->l.co_code ? (long)(off - p->l.co_code) / 2 : -1;
 	frames[0] = (struct sonde_plugin_frame){
 		.function = c->qualname, .file = c->filename, .line = (uint32_t)line_of(c, unit)};
 	return 1;
@@ -357,8 +402,8 @@ static int py_symbolize(void *state, uint32_t pid, uint64_t word, uint64_t paylo
 
 /* The interpreter mapped in pid: path of libpython3.X.so if mapped, else of
  * the python3.X executable; its minor from the name; its first mapping. A
- * shared build offered at exec has no libpython mapped yet: declined (next:
- * follow the executable's DT_NEEDED). */
+ * shared build offered at exec has no libpython mapped yet: the caller
+ * sees the executable's DT_NEEDED and waits. */
 static int find_interpreter(uint32_t pid, char *path, size_t pathlen, int *minor, uint64_t *start)
 {
 	char maps[64], line[PATH_MAX + 128];
@@ -451,8 +496,9 @@ static int glibc_tsd(uint32_t pid, struct glibc_tsd *out)
 	return 0;
 }
 
-/* The walker reads these in one PY_FRAME_HEAD-byte read. */
-static bool frame_head_fits(const struct py_layout *l)
+/* The walker reads these in one PY_FRAME_HEAD-byte read; the symbolizer
+ * reads a code object's head into 256 bytes and a str's into 80. */
+static bool layout_fits(const struct py_layout *l)
 {
 	const uint32_t offs[] = {l->fr_code, l->fr_previous, l->fr_instr};
 	size_t i;
@@ -460,12 +506,16 @@ static bool frame_head_fits(const struct py_layout *l)
 	for (i = 0; i < sizeof(offs) / sizeof(offs[0]); i++)
 		if (offs[i] % 8 || offs[i] + 8 > PY_FRAME_HEAD)
 			return false;
-	return l->fr_is_entry < PY_FRAME_HEAD;
+	return l->fr_entry < PY_FRAME_HEAD && l->co_code <= 256 && l->co_firstlineno + 4 <= 256 &&
+	       l->co_filename + 8 <= 256 && l->co_qualname + 8 <= 256 &&
+	       l->co_linetable + 8 <= 256 && l->str_utf8 + 8 <= 80 && l->str_state + 4 <= 80 &&
+	       l->str_length + 8 <= 80 && l->str_utf8_length + 8 <= 80;
 }
 
 struct syms {
-	uint64_t runtime, code_type;
+	uint64_t runtime, runtime_size, code_type;
 	uint64_t eval, eval_size; /* _PyEval_EvalFrameDefault: where frames hand over */
+	uint64_t gil_this;	  /* PyGILState_GetThisThreadState: reads the tstate key */
 	uint32_t version;
 	bool has_version;
 	uint64_t base_vaddr; /* p_vaddr - p_offset of the segment at file offset 0 */
@@ -476,7 +526,8 @@ static int read_syms(const char *file, struct syms *s)
 	struct plugin_dynsym want[] = { { .name = "_PyRuntime" },
 					{ .name = "PyCode_Type" },
 					{ .name = "Py_Version" },
-					{ .name = "_PyEval_EvalFrameDefault" } };
+					{ .name = "_PyEval_EvalFrameDefault" },
+					{ .name = "PyGILState_GetThisThreadState" } };
 	int ret;
 
 	memset(s, 0, sizeof(*s));
@@ -484,12 +535,245 @@ static int read_syms(const char *file, struct syms *s)
 	if (ret)
 		return ret;
 	s->runtime = want[0].addr;
+	s->runtime_size = want[0].size;
 	s->code_type = want[1].addr;
 	s->version = want[2].value;
 	s->has_version = want[2].has_value;
 	s->eval = want[3].addr;
 	s->eval_size = want[3].size;
+	s->gil_this = want[4].addr;
 	return s->runtime && s->code_type ? 0 : -ENOENT;
+}
+
+/* Whether the ELF file asks for a libpython3.X.so (DT_NEEDED): a python3.X
+ * of a shared build, before ld.so has mapped the library. */
+static bool needs_libpython(const char *file)
+{
+	Elf_Scn *scn = NULL;
+	bool found = false;
+	Elf *elf = NULL;
+	GElf_Shdr sh;
+	int fd;
+
+	elf_version(EV_CURRENT);
+	fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	elf = elf_begin(fd, ELF_C_READ, NULL);
+	while (elf && !found && (scn = elf_nextscn(elf, scn))) {
+		Elf_Data *d;
+		size_t i;
+
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_DYNAMIC || !sh.sh_entsize)
+			continue;
+		d = elf_getdata(scn, NULL);
+		for (i = 0; d && !found && i < sh.sh_size / sh.sh_entsize; i++) {
+			GElf_Dyn dyn;
+			const char *name;
+
+			if (!gelf_getdyn(d, (int)i, &dyn) || dyn.d_tag != DT_NEEDED)
+				continue;
+			name = elf_strptr(elf, sh.sh_link, dyn.d_un.d_val);
+			found = name && !strncmp(name, "libpython3.", 11);
+		}
+	}
+	elf_end(elf);
+	close(fd);
+	return found;
+}
+
+/*
+ * The code object's offsets from PyCode_Type in the process: its
+ * tp_basicsize is offsetof(PyCodeObject, co_code_adaptive), its tp_members
+ * (PyMemberDef: name, type, offset, flags, doc; 40 bytes) name the co_*
+ * fields (Objects/codeobject.c, code_memberlist). PyTypeObject's head is
+ * the stable ABI: tp_basicsize at 32, tp_members at 240. -EAGAIN while the
+ * table's pointers are not relocated yet (a process at exec).
+ */
+static int code_from_type(struct py *py, uint32_t pid, uint64_t code_type, struct py_layout *l,
+			  char *reason, size_t reasonlen)
+{
+	struct {
+		const char *name;
+		uint32_t *off;
+	} want[] = { { "co_firstlineno", &l->co_firstlineno },
+		     { "co_filename", &l->co_filename },
+		     { "co_qualname", &l->co_qualname },
+		     { "co_linetable", &l->co_linetable } };
+	uint8_t type[248], defs[64 * 40];
+	uint64_t members, name_at;
+	int64_t basicsize, off;
+	size_t i, k, found = 0;
+	char name[32];
+
+	if (read_exact(py, pid, code_type, type, sizeof(type)))
+		return -EAGAIN;
+	memcpy(&basicsize, type + 32, sizeof(basicsize));
+	memcpy(&members, type + 240, sizeof(members));
+	if (!members || read_exact(py, pid, members, defs, sizeof(defs)))
+		return -EAGAIN;
+	for (i = 0; i < 64; i++) {
+		memcpy(&name_at, defs + i * 40, sizeof(name_at));
+		memcpy(&off, defs + i * 40 + 16, sizeof(off));
+		if (!name_at)
+			break;
+		if (py->api->read_memory(py->host, pid, name_at, name, sizeof(name)) <= 0)
+			return -EAGAIN; /* not relocated yet */
+		name[sizeof(name) - 1] = '\0';
+		for (k = 0; k < sizeof(want) / sizeof(want[0]); k++) {
+			if (strcmp(name, want[k].name) || off <= 0 || off > 1024)
+				continue;
+			*want[k].off = (uint32_t)off;
+			found |= 1u << k;
+		}
+	}
+	for (k = 0; k < sizeof(want) / sizeof(want[0]); k++) {
+		if (!(found & (1u << k))) {
+			snprintf(reason, reasonlen, "python 3.%d: PyCode_Type has no member %s",
+				 l->minor, want[k].name);
+			return SONDE_DECLINE;
+		}
+	}
+	if (basicsize <= 0 || basicsize > 256) {
+		snprintf(reason, reasonlen,
+			 "python 3.%d: PyCode_Type's size %" PRId64 " unexpected", l->minor,
+			 basicsize);
+		return SONDE_DECLINE;
+	}
+	l->co_code = (uint32_t)basicsize;
+	return 0;
+}
+
+/* Offsets in _Py_DebugOffsets, 3.13 (Include/internal/pycore_runtime.h):
+ * each a uint64_t at this offset from the struct's start. */
+enum {
+	DO_VERSION = 8,
+	DO_FREE_THREADED = 16,
+	DO_TS_CURRENT_FRAME = 184,
+	DO_TS_NATIVE_THREAD_ID = 200,
+	DO_FR_PREVIOUS = 232,
+	DO_FR_EXECUTABLE = 240,
+	DO_FR_INSTR_PTR = 248,
+	DO_FR_OWNER = 264,
+	DO_CO_SIZE = 272,
+	DO_CO_FILENAME = 280,
+	DO_CO_QUALNAME = 296,
+	DO_CO_LINETABLE = 304,
+	DO_CO_FIRSTLINENO = 312,
+	DO_CO_CODE_ADAPTIVE = 344,
+	DO_BYTES_OB_SIZE = 520,
+	DO_BYTES_OB_SVAL = 528,
+	DO_STR_STATE = 544,
+	DO_STR_LENGTH = 552,
+	DO_STR_ASCII_SIZE = 560,
+	DO__SIZE = 584, /* 3.13.0 */
+};
+
+/*
+ * 3.13: the interpreter describes itself in the _Py_DebugOffsets that
+ * starts _PyRuntime (cookie "xdebugpy", then the version it was built
+ * as). The str offsets past PyASCIIObject follow PyCompactUnicodeObject
+ * (utf8_length, utf8, then the data).
+ */
+static int from_debug_offsets(struct py *py, uint32_t pid, uint64_t runtime, struct py_layout *l,
+			      char *reason, size_t reasonlen)
+{
+	uint8_t d[DO__SIZE];
+	uint64_t v;
+
+#define DO(off) (memcpy(&v, d + (off), sizeof(v)), v > 4096 ? UINT32_MAX : (uint32_t)v)
+	if (read_exact(py, pid, runtime, d, sizeof(d)))
+		return -EAGAIN;
+	if (memcmp(d, "xdebugpy", 8)) {
+		snprintf(reason, reasonlen, "python 3.%d: no _Py_DebugOffsets in _PyRuntime",
+			 l->minor);
+		return SONDE_DECLINE;
+	}
+	memcpy(&v, d + DO_VERSION, sizeof(v));
+	if ((v >> 24) != 3 || (int)((v >> 16) & 0xff) != l->minor) {
+		snprintf(reason, reasonlen, "python 3.%d: _Py_DebugOffsets of version 0x%" PRIx64,
+			 l->minor, v);
+		return SONDE_DECLINE;
+	}
+	memcpy(&v, d + DO_FREE_THREADED, sizeof(v));
+	if (v) {
+		snprintf(reason, reasonlen, "python 3.%d: free-threaded build not supported",
+			 l->minor);
+		return SONDE_DECLINE;
+	}
+	l->ts_frame = DO(DO_TS_CURRENT_FRAME);
+	l->ts_thread_id = DO(DO_TS_NATIVE_THREAD_ID);
+	l->fr_code = DO(DO_FR_EXECUTABLE);
+	l->fr_previous = DO(DO_FR_PREVIOUS);
+	l->fr_instr = DO(DO_FR_INSTR_PTR);
+	l->fr_entry = DO(DO_FR_OWNER);
+	l->co_firstlineno = DO(DO_CO_FIRSTLINENO);
+	l->co_filename = DO(DO_CO_FILENAME);
+	l->co_qualname = DO(DO_CO_QUALNAME);
+	l->co_linetable = DO(DO_CO_LINETABLE);
+	l->co_code = DO(DO_CO_CODE_ADAPTIVE);
+	l->bytes_size = DO(DO_BYTES_OB_SIZE);
+	l->bytes_data = DO(DO_BYTES_OB_SVAL);
+	l->str_state = DO(DO_STR_STATE);
+	l->str_length = DO(DO_STR_LENGTH);
+	l->str_ascii_data = DO(DO_STR_ASCII_SIZE);
+	l->str_utf8_length = l->str_ascii_data;
+	l->str_utf8 = l->str_ascii_data + 8;
+	l->str_data = l->str_ascii_data + 16;
+	if (l->co_code > DO(DO_CO_SIZE) || l->ts_frame > 4096 || l->ts_thread_id > 4096) {
+		snprintf(reason, reasonlen, "python 3.%d: _Py_DebugOffsets out of range", l->minor);
+		return SONDE_DECLINE;
+	}
+#undef DO
+	return 0;
+}
+
+/*
+ * The offset of the thread state's pthread key in _PyRuntime, from the
+ * code of PyGILState_GetThisThreadState, which reads it (otel's decodeStub
+ * does the same): either `mov disp(%rip),%edi` of the key itself (a static
+ * build, 3.11), or the runtime's address from the GOT (`mov disp(%rip),%rax`)
+ * then `lea disp32(%rax),%reg` of the Py_tss_t, whose key is at +4 (shared
+ * builds). 0 when neither is found.
+ */
+static uint32_t decode_tss_key(struct py *py, uint32_t pid, uint64_t fn, uint64_t runtime,
+			       uint64_t runtime_size)
+{
+	uint8_t c[64];
+	bool base_in_rax = false;
+	uint64_t got, at;
+	int32_t disp;
+	size_t i;
+
+	if (!fn || read_exact(py, pid, fn, c, sizeof(c)))
+		return 0;
+	for (i = 0; i + 7 <= sizeof(c); i++) {
+		if (c[i] == 0x48 && c[i + 1] == 0x8b && c[i + 2] == 0x05) {
+			memcpy(&disp, c + i + 3, sizeof(disp));
+			at = fn + i + 7 + (uint64_t)(int64_t)disp;
+			base_in_rax = !read_exact(py, pid, at, &got, sizeof(got)) && got == runtime;
+		} else if (c[i] == 0x8b && c[i + 1] == 0x3d) {
+			memcpy(&disp, c + i + 2, sizeof(disp));
+			at = fn + i + 6 + (uint64_t)(int64_t)disp;
+			if (at > runtime && at < runtime + runtime_size)
+				return (uint32_t)(at - runtime);
+		} else if (base_in_rax && c[i] == 0x48 && c[i + 1] == 0x8d &&
+			   (c[i + 2] & 0xc7) == 0x80) {
+			memcpy(&disp, c + i + 3, sizeof(disp));
+			if (disp > 0 && (uint64_t)disp + 8 <= runtime_size)
+				return (uint32_t)disp + 4;
+		}
+	}
+	return 0;
+}
+
+/* Whether the pthread key at addr has been created (Py_tss_t's
+ * _is_initialized, 4 bytes before it, is 1). */
+static bool tss_created(struct py *py, uint32_t pid, uint64_t addr)
+{
+	int32_t tss[2];
+
+	return !read_exact(py, pid, addr - 4, tss, sizeof(tss)) && tss[0] == 1;
 }
 
 /*
@@ -513,28 +797,35 @@ static void set_handover(struct py *py, uint32_t pid, const struct syms *s, uint
 			 strerror(-rc));
 }
 
-static int py_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
-		     size_t reasonlen)
+/*
+ * Sets pid up: its layout into p, its offsets into py_procs. 0; -EAGAIN
+ * when its interpreter has not started far enough to be read (try again
+ * later); SONDE_DECLINE with the reason; or -errno.
+ */
+static int setup(struct py *py, uint32_t pid, struct proc *p, char *reason, size_t reasonlen)
 {
-	struct py *py = state;
-	const struct py_layout *l = NULL;
+	const struct py_layout *v = NULL;
 	char path[PATH_MAX], file[PATH_MAX + 32];
-	struct py_proc bp = {};
 	struct glibc_tsd tsd = { 0 };
+	struct py_layout l;
+	struct py_proc bp;
 	struct syms s;
-	struct proc *p;
-	uint64_t start = 0, bias;
+	uint64_t start = 0, bias, key_addr;
+	uint32_t key_off;
+	const char *key_from = "PyGILState_GetThisThreadState";
 	int minor = 0, rc;
 	size_t i;
 
-	if (find_interpreter(proc->pid, path, sizeof(path), &minor, &start)) {
+	if (find_interpreter(pid, path, sizeof(path), &minor, &start)) {
 		snprintf(reason, reasonlen, "not CPython: no python3.X or libpython3.X mapped");
 		return SONDE_DECLINE;
 	}
-	snprintf(file, sizeof(file), "/proc/%u/root%s", proc->pid, path);
+	snprintf(file, sizeof(file), "/proc/%u/root%s", pid, path);
 	rc = read_syms(file, &s);
 	if (rc == -ENOENT)
 		rc = read_syms(path, &s);
+	if (rc && !strstr(path, "/libpython3.") && (needs_libpython(file) || needs_libpython(path)))
+		return -EAGAIN; /* ld.so has yet to map libpython */
 	if (rc) {
 		snprintf(reason, reasonlen, "%s: no _PyRuntime or PyCode_Type symbol", path);
 		return SONDE_DECLINE;
@@ -547,65 +838,169 @@ static int py_attach(void *state, const struct sonde_plugin_process *proc, char 
 		}
 		minor = (int)((s.version >> 16) & 0xff);
 	}
-	for (i = 0; i < sizeof(layouts) / sizeof(layouts[0]); i++)
-		if (layouts[i].minor == minor)
-			l = &layouts[i];
-	if (!l) {
+	for (i = 0; i < sizeof(versions) / sizeof(versions[0]); i++)
+		if (versions[i].minor == minor)
+			v = &versions[i];
+	if (!v) {
 		snprintf(reason, reasonlen, "python 3.%d not supported yet", minor);
 		return SONDE_DECLINE;
 	}
-	if (!frame_head_fits(l)) { /* a layout the walker cannot read: our bug */
-		snprintf(reason, reasonlen, "python 3.%d: frame layout not in the walker's head",
-			 minor);
+	l = *v;
+	bias = start - s.base_vaddr;
+	rc = l.debug_offsets ? from_debug_offsets(py, pid, bias + s.runtime, &l, reason, reasonlen)
+			     : code_from_type(py, pid, bias + s.code_type, &l, reason, reasonlen);
+	if (rc)
+		return rc;
+	if (!layout_fits(&l)) { /* a layout the walker or the symbolizer cannot read */
+		snprintf(reason, reasonlen, "python 3.%d: layout out of the walker's reach", minor);
 		return SONDE_DECLINE;
 	}
-	bias = start - s.base_vaddr;
-	if (glibc_tsd(proc->pid, &tsd))
+	key_off = decode_tss_key(py, pid, s.gil_this ? bias + s.gil_this : 0, bias + s.runtime,
+				 s.runtime_size);
+	if (!key_off) {
+		key_off = l.rt_tss_key;
+		key_from = "versions[]";
+	}
+	key_addr = bias + s.runtime + key_off;
+	if (!tss_created(py, pid, key_addr))
+		return -EAGAIN; /* before Py_Initialize: nothing to walk yet */
+	if (glibc_tsd(pid, &tsd))
 		tsd = (struct glibc_tsd){ GLIBC_TSD_BASE, GLIBC_TSD_STRIDE, GLIBC_TSD_KEYS };
-	else
-		py->api->log(py->host, SONDE_PLUGIN_LOG_DEBUG,
-			     "pid %u: pthread keys at tp+%u, %u bytes each, %u in the first block "
-			     "(libc's thread_db)", proc->pid, tsd.base, tsd.stride, tsd.keys);
 	bp = (struct py_proc){
-		.tss_key = bias + s.runtime + l->rt_tss_key,
-		.gil_tstate = bias + s.runtime + l->rt_gil_tstate,
+		.tss_key = key_addr,
+		.gil_tstate = l.rt_gil_tstate ? bias + s.runtime + l.rt_gil_tstate : 0,
 		.tsd_base = tsd.base,
 		.tsd_stride = tsd.stride,
 		.tsd_keys = tsd.keys,
-		.ts_cframe = l->ts_cframe,
-		.ts_thread_id = l->ts_thread_id,
-		.cf_frame = l->cf_frame,
-		.fr_code = l->fr_code,
-		.fr_previous = l->fr_previous,
-		.fr_instr = l->fr_instr,
-		.co_firstlineno = l->co_firstlineno,
-		.fr_is_entry = l->fr_is_entry,
+		.ts_frame = l.ts_frame,
+		.ts_thread_id = l.ts_thread_id,
+		.cf_frame = l.cf_frame,
+		.fr_code = l.fr_code,
+		.fr_previous = l.fr_previous,
+		.fr_instr = l.fr_instr,
+		.co_firstlineno = l.co_firstlineno,
+		.fr_entry = l.fr_entry,
+		.entry_val = l.entry_val,
+		.entry_shim = l.entry_shim,
+		.frame_hops = l.frame_hops,
 	};
+	if (bpf_map_update_elem(bpf_map__fd(py->skel->maps.py_procs), &pid, &bp, BPF_ANY)) {
+		rc = -errno;
+		snprintf(reason, reasonlen, "py_procs: %s", strerror(-rc));
+		return rc;
+	}
+	p->code_type = bias + s.code_type;
+	p->l = l;
+	set_handover(py, pid, &s, bias);
+	py->api->log(py->host, SONDE_PLUGIN_LOG_DEBUG,
+		     "pid %u: python 3.%d (%s), bias 0x%" PRIx64 "; code object from %s "
+		     "(co_firstlineno %u, co_code_adaptive %u), thread state key at "
+		     "_PyRuntime+%u (from %s), pthread keys at tp+%u", pid, minor, path, bias,
+		     l.debug_offsets ? "_Py_DebugOffsets" : "PyCode_Type", l.co_firstlineno,
+		     l.co_code, key_off, key_from, tsd.base);
+	return 0;
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* How long a process offered before its interpreter started may take to
+ * start it; and how often it is looked at meanwhile. */
+#define PENDING_MS 30000
+#define TICK_MS	   50
+
+static void set_status(struct py *py, uint32_t pid, int attached, const char *reason)
+{
+	const struct sonde_host_api *api = py->api;
+
+	if (api->size >= offsetof(struct sonde_host_api, process_status) +
+				 sizeof(api->process_status) &&
+	    api->process_status)
+		api->process_status(py->host, pid, attached, reason);
+}
+
+static void drop_proc(struct py *py, uint32_t pid);
+
+/* Pending processes whose interpreter has started since: set up, or
+ * declined now (shown by `sondectl ps`). */
+static void py_tick(void *ctx)
+{
+	struct py *py = ctx;
+	struct proc *p, *next;
+	char reason[128];
+	uint64_t now = 0;
+	int rc;
+
+	for (p = py->procs; p; p = next) {
+		next = p->next;
+		if (!p->pending)
+			continue;
+		reason[0] = '\0';
+		rc = setup(py, p->pid, p, reason, sizeof(reason));
+		if (rc == -EAGAIN) {
+			if (!now)
+				now = now_ms();
+			if (now < p->give_up_ms)
+				continue;
+			snprintf(reason, sizeof(reason),
+				 "python: interpreter not started after %d s", PENDING_MS / 1000);
+		}
+		if (!rc) {
+			p->pending = false;
+			continue;
+		}
+		if (rc < 0 && rc != -EAGAIN)
+			snprintf(reason, sizeof(reason), "%s", strerror(-rc));
+		set_status(py, p->pid, 0, reason);
+		drop_proc(py, p->pid);
+	}
+}
+
+static int py_attach(void *state, const struct sonde_plugin_process *proc, char *reason,
+		     size_t reasonlen)
+{
+	struct py *py = state;
+	struct proc *p;
+	bool added = false;
+	int rc;
+
 	p = find_proc(py, proc->pid);
 	if (!p) {
 		p = calloc(1, sizeof(*p));
 		if (!p)
 			return -ENOMEM;
+		p->pid = proc->pid;
+		added = true;
+	}
+	p->pending = false;
+	rc = setup(py, proc->pid, p, reason, reasonlen);
+	if (rc == -EAGAIN) {
+		p->pending = true;
+		p->give_up_ms = now_ms() + PENDING_MS;
+		rc = 0;
+	}
+	if (rc) {
+		if (added)
+			free(p);
+		else
+			drop_proc(py, proc->pid);
+		return rc;
+	}
+	if (added) {
 		p->next = py->procs;
 		py->procs = p;
 	}
-	p->pid = proc->pid;
-	p->code_type = bias + s.code_type;
-	p->l = l;
-	if (bpf_map_update_elem(bpf_map__fd(py->skel->maps.py_procs), &proc->pid, &bp, BPF_ANY)) {
-		rc = -errno;
-		snprintf(reason, reasonlen, "py_procs: %s", strerror(-rc));
-		return rc;
-	}
-	set_handover(py, proc->pid, &s, bias);
-	py->api->log(py->host, SONDE_PLUGIN_LOG_DEBUG, "pid %u: python 3.%d (%s), bias 0x%" PRIx64,
-		     proc->pid, minor, path, bias);
 	return 0;
 }
 
-static void py_detach(void *state, uint32_t pid)
+/* Forgets pid: its offsets, its layout, its code objects. */
+static void drop_proc(struct py *py, uint32_t pid)
 {
-	struct py *py = state;
 	struct proc **pp, *p;
 	size_t b;
 
@@ -630,6 +1025,11 @@ static void py_detach(void *state, uint32_t pid)
 			}
 		}
 	}
+}
+
+static void py_detach(void *state, uint32_t pid)
+{
+	drop_proc(state, pid);
 }
 
 static const char *const error_names[PY_ERR__COUNT] = {
@@ -715,6 +1115,11 @@ static void *py_init(const struct sonde_host_api *api, struct sonde_host *host,
 		snprintf(err, errlen, "no unwinder slot: %s", strerror(-slot));
 		goto fail;
 	}
+	py->timer = api->add_timer(host, TICK_MS, TICK_MS, py_tick, py);
+	if (!py->timer) {
+		snprintf(err, errlen, "no timer: %s", strerror(errno ? errno : ENOMEM));
+		goto fail;
+	}
 	api->log(host, SONDE_PLUGIN_LOG_INFO, "frame kind %d, unwinder slot %d", kind, slot);
 	return py;
 fail:
@@ -730,6 +1135,8 @@ static void py_fini(void *state)
 
 	if (!py)
 		return;
+	if (py->timer)
+		py->api->cancel_timer(py->host, py->timer);
 	python_bpf__destroy(py->skel);
 	while ((p = py->procs)) {
 		py->procs = p->next;
@@ -754,7 +1161,7 @@ const struct sonde_plugin sonde_plugin = {
 	.size = sizeof(struct sonde_plugin),
 	.name = "unwind-python",
 	.version = "0.1",
-	.description = "CPython 3.11 frames (function, file, line) in the stacks",
+	.description = "CPython 3.11-3.13 frames (function, file, line) in the stacks",
 	.init = py_init,
 	.fini = py_fini,
 	.attach_process = py_attach,
