@@ -175,6 +175,7 @@ struct walk {
 	__u32 top;   /* at the interrupted frame: pc is exact, r13 is live */
 	__u32 err;   /* JVM_ERR_* + 1 when the walk stopped early */
 	__u32 truncated;
+	__u32 handed; /* handed over by a native walker: stop at the first native pc */
 };
 
 static __always_inline __u64 rd64(__u64 addr, int *err)
@@ -394,6 +395,8 @@ static long step(__u32 i, void *data)
 	if (!w->pc)
 		return 1;
 	if (w->pc < p->code_lo || w->pc >= p->code_hi) {
+		if (w->handed) /* native again: the native walker's, from here */
+			return 1;
 		if (put(w, w->pc, 0, 1))
 			return 1;
 		if (w->asp && w->sp < w->asp)
@@ -453,13 +456,28 @@ static __always_inline void read_anchor(struct walk *w, __u32 tid)
 		w->asp = asp;
 }
 
-/* The vmstructs path: the registers at the sample, then the walk. */
+/*
+ * The vmstructs path: from the registers at the sample, or, handed a frame
+ * in the code cache by a native walker (st: unwind-native, abi.h), from
+ * that frame; then the walk. Handed over, the walk ends at the first
+ * native frame, which goes back to the native walker with its registers.
+ * One bpf_loop call site: 6.1's verifier checks the callback per site.
+ */
 static __always_inline int walk_vmstructs(struct bpf_perf_event_data *ctx, struct sonde_sample *s,
-					  const struct jvm_proc *p)
+					  const struct jvm_proc *p, struct sonde_unwind_state *st)
 {
 	struct walk w = {.s = s, .p = p, .base = s->kstack_len, .top = 1};
 
-	if (s->flags & SONDE_SAMPLE_USER_MODE) {
+	if (st) {
+		w.handed = 1;
+		w.base = s->kstack_len + s->ustack_len;
+		w.pc = st->pc;
+		w.sp = st->sp;
+		w.fp = st->bp;
+		w.top = st->flags & SONDE_UNWIND_EXACT ? 1 : 0;
+		if (w.top && (s->flags & SONDE_SAMPLE_USER_MODE))
+			w.r13 = ctx->regs.r13;
+	} else if (s->flags & SONDE_SAMPLE_USER_MODE) {
 		w.pc = ctx->regs.ip;
 		w.sp = ctx->regs.sp;
 		w.fp = ctx->regs.bp;
@@ -484,11 +502,19 @@ static __always_inline int walk_vmstructs(struct bpf_perf_event_data *ctx, struc
 			return sonde_sample_emit(s);
 		}
 	}
-	if (p->has_anchors)
+	if (p->has_anchors && !w.handed)
 		read_anchor(&w, s->tid);
 	bpf_loop(SONDE_MAX_USTACK, step, &w, 0);
-	s->ustack_len = w.words;
-	if (w.truncated || (w.pc && !w.err && w.words >= SONDE_MAX_USTACK - 1)) {
+	s->ustack_len = w.base - s->kstack_len + w.words;
+	if (w.handed && w.pc && !w.err && !w.truncated) {
+		st->pc = w.pc;
+		st->sp = w.sp;
+		st->bp = w.fp;
+		st->flags &= ~SONDE_UNWIND_EXACT;
+		sonde_hand_back(ctx, st);
+		/* the native walker could not be called back: send what there is */
+	}
+	if (w.truncated || (w.pc && !w.err && s->ustack_len >= SONDE_MAX_USTACK - 1)) {
 		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
 		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
 		jvm_error(JVM_ERR_TRUNCATED);
@@ -504,6 +530,7 @@ SEC("perf_event")
 int unwind_jvm(struct bpf_perf_event_data *ctx)
 {
 	struct sonde_sample *s = sonde_scratch();
+	struct sonde_unwind_state *st;
 	const struct jvm_proc *p;
 	struct native_buf *nb;
 	struct copy c = {};
@@ -514,15 +541,25 @@ int unwind_jvm(struct bpf_perf_event_data *ctx)
 		return 0;
 	p = bpf_map_lookup_elem(&jvm_procs, &s->hdr.pid);
 	nb = bpf_map_lookup_elem(&jvm_native, &zero);
+	st = sonde_unwind_state_of(s);
+	if (st && (!st->native_slot || (st->flags & SONDE_UNWIND_RESUME)))
+		st = NULL;
+	if (st && (!p || p->mode != JVM_MODE_VMSTRUCTS)) {
+		/* handed a frame this walker cannot read (no longer): give it
+		 * back unread */
+		sonde_hand_back(ctx, st);
+		return sonde_sample_emit(s);
+	}
 	if (!p || !nb) {
 		jvm_error(JVM_ERR_NO_PROC);
 		return sonde_unwind_fp(ctx, s);
 	}
-	s->ustack_len = 0;
+	if (!st)
+		s->ustack_len = 0;
 	if (s->kstack_len > SONDE_MAX_KSTACK)
 		return sonde_sample_emit(s);
 	if (p->mode == JVM_MODE_VMSTRUCTS)
-		return walk_vmstructs(ctx, s, p);
+		return walk_vmstructs(ctx, s, p, st);
 	got = bpf_get_stack(ctx, nb->words, SONDE_MAX_USTACK * sizeof(__u64), BPF_F_USER_STACK);
 	if (got < 0) {
 		s->flags |= SONDE_SAMPLE_USTACK_ERROR;

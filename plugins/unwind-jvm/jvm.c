@@ -1347,6 +1347,39 @@ static void set_status(struct jvm *j, uint32_t pid, int attached, const char *no
  * perfmap path, whose perf map is asked for. */
 static void refresh_threads(struct jvm *j, struct proc *p);
 
+/*
+ * Where a native walker (unwind-native) hands frames over to this plugin's
+ * walker: the code cache, and the interpreter where it lies outside it; on
+ * the vmstructs path only (bp NULL: none). Without the service (a sonded
+ * before host ABI 1.4) the JVM's frames come as before, with the native
+ * ones by frame pointers.
+ */
+static void set_handover(struct jvm *j, uint32_t pid, const struct jvm_proc *bp)
+{
+	const struct sonde_host_api *api = j->api;
+	uint64_t ranges[4];
+	int n = 0, rc;
+
+	if (api->size < offsetof(struct sonde_host_api, set_handover) + sizeof(api->set_handover))
+		return;
+	if (bp) {
+		ranges[n * 2] = bp->code_lo;
+		ranges[n * 2 + 1] = bp->code_hi;
+		n++;
+		if (bp->interp_hi > bp->interp_lo &&
+		    (bp->interp_lo < bp->code_lo || bp->interp_hi > bp->code_hi)) {
+			ranges[n * 2] = bp->interp_lo;
+			ranges[n * 2 + 1] = bp->interp_hi;
+			n++;
+		}
+	}
+	rc = api->set_handover(j->host, pid, ranges, n);
+	if (rc && rc != -ENOENT)
+		api->log(j->host, SONDE_PLUGIN_LOG_WARN,
+			 "pid %u: Java frames will not be merged with DWARF-unwound native ones: %s",
+			 pid, strerror(-rc));
+}
+
 static int start_path(struct jvm *j, struct proc *p)
 {
 	bool vms = !p->vm.w.missing[0] && strcmp(j->set.path, "perfmap");
@@ -1358,6 +1391,7 @@ static int start_path(struct jvm *j, struct proc *p)
 		bp = p->bp;
 	if (bpf_map_update_elem(bpf_map__fd(j->skel->maps.jvm_procs), &p->pid, &bp, BPF_ANY))
 		return -errno;
+	set_handover(j, p->pid, vms ? &bp : NULL);
 	pthread_mutex_lock(&j->lock);
 	p->path = vms ? PATH_VMSTRUCTS : PATH_PERFMAP;
 	request_perfmap(j, p);
