@@ -21,3 +21,15 @@ http { listen = "127.0.0.1:7470" }
 -- plugins/red-metrics/README.md lists its settings (listen_ports to watch
 -- some ports only, routes for route patterns, series_ttl_s).
 plugin "red-metrics" { watch = "listeners" }
+
+-- Whole stacks for every process: DWARF unwinding in BPF for the binaries
+-- and libraries built without frame pointers (most of Debian), with the
+-- Python (CPython 3.11-3.13) and Java (HotSpot) frames written in place
+-- where their interpreters run. Not required either: without one of them
+-- sonded goes on with frame pointers. Each plugin's README says what it
+-- costs (plugins/unwind-native: tables built once per library and shared;
+-- BPF time per frame).
+plugin "unwind-native"
+plugin "unwind-python"
+plugin "unwind-jvm"
+unwinders { "unwind-native", "unwind-python", "unwind-jvm" }

@@ -188,6 +188,13 @@ static void test_the_shipped_default_loads(void **state)
 	assert_int_equal(c->hz, 19);
 	assert_int_equal(c->window_s, 10);
 	assert_string_equal(c->http_addr, "127.0.0.1:7470");
+	/* whole stacks for every process by default: native first, so that
+	 * it hands interpreter frames over */
+	assert_int_equal(c->ndefault_unwinders, 3);
+	assert_string_equal(c->default_unwinders[0], "unwind-native");
+	assert_string_equal(c->default_unwinders[1], "unwind-python");
+	assert_string_equal(c->default_unwinders[2], "unwind-jvm");
+	assert_int_equal(c->nplugins, 4);
 	sonde_script__free(s);
 }
 
