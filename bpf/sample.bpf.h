@@ -178,11 +178,10 @@ static long sonde_fp_step(__u32 i, void *ctx)
 	if (sonde_read_stack(w->win, w->bp, &next) || sonde_read_stack(w->win, w->bp + 8, &ra) ||
 	    !ra)
 		return 1;
-	if (k >= SONDE_MAX_FRAMES || k - w->s->kstack_len >= SONDE_MAX_USTACK) {
+	if (k - w->s->kstack_len >= SONDE_MAX_USTACK || sonde_put_frame(w->s, k, ra)) {
 		w->truncated = 1;
 		return 1;
 	}
-	w->s->frames[k] = ra;
 	w->k = k + 1;
 	w->sp = w->bp + 16;
 	w->bp = next;
@@ -190,41 +189,48 @@ static long sonde_fp_step(__u32 i, void *ctx)
 }
 
 /*
- * The frame-pointer walk of the user stack, after the kernel frames, then
- * the emit. Done here rather than by bpf_get_stack(BPF_F_USER_STACK), whose
- * walk reads each 16-byte frame record with its own user copy: through the
- * stack window the same walk costs a fraction (bench/overhead).
+ * The frame-pointer walk of the user stack, written after the kernel frames
+ * and the first `after` user words (an interpreter's frames, say); sets
+ * s->ustack_len. Done here rather than by bpf_get_stack(BPF_F_USER_STACK),
+ * whose walk reads each 16-byte frame record with its own user copy:
+ * through the stack window the same walk costs a fraction (bench/overhead).
  */
-static __always_inline int sonde_unwind_fp(struct bpf_perf_event_data *ctx, struct sonde_sample *s)
+static __always_inline void sonde_walk_fp(struct bpf_perf_event_data *ctx, struct sonde_sample *s,
+					  __u32 after)
 {
 	struct sonde_fp_walk w = { .s = s };
 	struct sonde_user_regs regs;
-	__u32 k = s->kstack_len;
+	__u32 k = s->kstack_len + after;
 
-	s->ustack_len = 0;
-	if (k >= SONDE_MAX_FRAMES)
-		return sonde_sample_emit(s);
+	s->ustack_len = after;
+	if (k >= SONDE_MAX_FRAMES || after >= SONDE_MAX_USTACK)
+		return;
 	switch (sonde_user_regs(ctx, s, &regs)) {
 	case SONDE_REGS_KTHREAD:
-		return sonde_sample_emit(s);
+		return;
 	case SONDE_REGS_READ_FAILED:
 		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
 		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
-		return sonde_sample_emit(s);
+		return;
 	}
 	w.win = sonde_stack_window();
-	if (!w.win)
-		return sonde_sample_emit(s);
-	s->frames[k] = regs.ip;
+	if (!w.win || sonde_put_frame(s, k, regs.ip))
+		return;
 	w.k = k + 1;
 	w.sp = regs.sp;
 	w.bp = regs.bp;
 	bpf_loop(SONDE_MAX_USTACK, sonde_fp_step, &w, 0);
-	s->ustack_len = w.k - k;
+	s->ustack_len = w.k - s->kstack_len;
 	if (w.truncated) {
 		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
 		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
 	}
+}
+
+/* The frame-pointer walk of the whole user stack, then the emit. */
+static __always_inline int sonde_unwind_fp(struct bpf_perf_event_data *ctx, struct sonde_sample *s)
+{
+	sonde_walk_fp(ctx, s, 0);
 	return sonde_sample_emit(s);
 }
 

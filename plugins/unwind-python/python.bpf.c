@@ -40,18 +40,6 @@ struct {
 	__type(value, __u64);
 } py_walk SEC(".maps");
 
-/* The native walk lands here first: bpf_get_stack() needs a constant size,
- * and the Python frames before it take a variable number of words. */
-struct native_buf {
-	__u64 words[SONDE_MAX_USTACK + 1]; /* a power of two: indexes are masked */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct native_buf);
-} py_native SEC(".maps");
 
 static __always_inline void py_error(__u32 reason)
 {
@@ -275,61 +263,6 @@ __noinline long walk_one(struct sonde_sample *s, const struct py_proc *p, struct
 	return 0;
 }
 
-struct copy {
-	struct sonde_sample *s;
-	struct native_buf *nb;
-	__u32 to; /* first frame word to fill */
-	__u32 n;  /* native words to copy */
-};
-
-/* One native word into place; a callback so that the index is computed
- * afresh, which the verifier can bound. */
-static long copy_one(__u32 i, void *data)
-{
-	struct copy *c = data;
-	__u32 to = c->to + i;
-	__u64 from = i;
-
-	if (i >= c->n || i >= SONDE_MAX_USTACK || to >= SONDE_MAX_FRAMES)
-		return 1;
-	/* The compiler knows i < 127 and would drop a plain mask; the
-	 * verifier does not, so mask where it sees it. */
-	asm volatile("%0 &= 127" : "+r"(from));
-	c->s->frames[to] = c->nb->words[from];
-	return 0;
-}
-
-/* Appends the frame-pointer walk after the Python words. */
-static __always_inline void native_walk(struct bpf_perf_event_data *ctx, struct sonde_sample *s,
-					__u32 words)
-{
-	__u32 zero = 0, k = s->kstack_len, n;
-	struct native_buf *nb = bpf_map_lookup_elem(&py_native, &zero);
-	struct copy c;
-	long got;
-
-	s->ustack_len = words;
-	if (!nb || k > SONDE_MAX_KSTACK || words >= SONDE_MAX_USTACK)
-		return;
-	got = bpf_get_stack(ctx, nb->words, SONDE_MAX_USTACK * sizeof(__u64), BPF_F_USER_STACK);
-	if (got < 0) {
-		s->flags |= SONDE_SAMPLE_USTACK_ERROR;
-		sonde_stat_inc(SONDE_STAT_USTACK_ERRORS);
-		return;
-	}
-	n = got / sizeof(__u64);
-	c = (struct copy){.s = s,
-			  .nb = nb,
-			  .to = k + words,
-			  .n = n < SONDE_MAX_USTACK - words ? n : SONDE_MAX_USTACK - words};
-	bpf_loop(SONDE_MAX_USTACK, copy_one, &c, 0);
-	s->ustack_len = words + c.n;
-	if (c.n < n || n == SONDE_MAX_USTACK) {
-		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
-		sonde_stat_inc(SONDE_STAT_USTACK_TRUNCATED);
-	}
-}
-
 /* Writes the Python frames from w->at.frame down (all of them, or those
  * of one eval call), timed and counted. */
 static __always_inline void walk_frames(struct walk *w)
@@ -413,7 +346,7 @@ int unwind_python(struct bpf_perf_event_data *ctx)
 	if (w.at.frame && w.p && w.win)
 		walk_frames(&w);
 	if (!st) {
-		native_walk(ctx, s, w.at.words);
+		sonde_walk_fp(ctx, s, w.at.words); /* the native frames after them */
 		return sonde_sample_emit(s);
 	}
 	st->interp[0] = w.at.frame && !w.at.err ? w.at.frame : 1;
