@@ -537,8 +537,9 @@ struct sonde_plugins *sonde_plugins__new(const struct sonde_plugin_services *svc
 /*
  * Whatever the plugin left on the loop goes: its callbacks would run on
  * freed state. Its frame kinds stay taken but unowned (see next_kind).
+ * stopping: all plugins go with sonded, so nothing left is worth a word.
  */
-static void release_registrations(struct sonde_host *h)
+static void release_registrations(struct sonde_host *h, bool stopping)
 {
 	struct sonde_plugins *ps = h->ps;
 	unsigned int k;
@@ -570,7 +571,7 @@ static void release_registrations(struct sonde_host *h)
 		ps->taggers[k].owner = NULL;
 		ps->taggers[k].fn = NULL;
 	}
-	if (h->unwinder_slot >= 0)
+	if (h->unwinder_slot >= 0 && !stopping)
 		sonde_warn("plugin %s: its unwinder stays in slot %d until sonded exits",
 			   h->desc.name, h->unwinder_slot);
 }
@@ -627,7 +628,7 @@ void sonde_plugins__free(struct sonde_plugins *ps)
 		struct sonde_host *h = ps->plugins[i];
 
 		h->desc.fini(h->state);
-		release_registrations(h);
+		release_registrations(h, true); /* sonded is stopping: nothing stays */
 		host_free(h);
 	}
 	for (k = 0; k < MAX_FRAME_KINDS; k++)
@@ -998,7 +999,7 @@ int sonde_plugins__load(struct sonde_plugins *ps, const char *name,
 		ierr[sizeof(ierr) - 1] = '\0';
 		say(err, errlen, "%s: init failed: %s", h->path,
 		    ierr[0] ? ierr : "(no reason given)");
-		release_registrations(h);
+		release_registrations(h, false);
 		goto fail;
 	}
 	ps->plugins[ps->nplugins++] = h;

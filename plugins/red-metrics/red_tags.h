@@ -19,12 +19,13 @@
 struct red_tags;
 
 /* NULL and errno. keep_ns: how long an entry is kept; max: entries kept
- * at most (the oldest go first). */
+ * at most (the oldest go first; rounded up to a power of two, up to
+ * 2^24), all allocated here. */
 struct red_tags *red_tags__new(uint64_t keep_ns, uint32_t max);
 void red_tags__free(struct red_tags *t);
 
 /* Remembers the request of tgid that started at start (56 bits of ktime, as
- * in the tag), at now_ns (CLOCK_MONOTONIC). 0 or -ENOMEM. */
+ * in the tag), at now_ns (CLOCK_MONOTONIC, not going back). 0. */
 int red_tags__put(struct red_tags *t, uint32_t tgid, uint64_t start, const char *method,
 		  const char *route, uint64_t now_ns);
 

@@ -39,17 +39,19 @@ static void test_put_get_expire(void **state)
 
 static void test_bounded(void **state)
 {
-	struct red_tags *t = red_tags__new(60 * SEC, 1000);
+	struct red_tags *t = red_tags__new(60 * SEC, 1000); /* room for 1024 */
 	const char *method, *route;
 	uint64_t i;
 
 	(void)state;
 	for (i = 0; i < 5000; i++)
-		assert_int_equal(red_tags__put(t, 7, i, "GET", "/x", SEC + i), 0);
-	assert_int_equal(red_tags__count(t), 1000);
-	assert_false(red_tags__get(t, 7, 3999, &method, &route)); /* the oldest went */
-	assert_true(red_tags__get(t, 7, 4000, &method, &route));
-	assert_true(red_tags__get(t, 7, 4999, &method, &route));
+		assert_int_equal(red_tags__put(t, 7 + (uint32_t)(i % 3), i, "GET", "/x", SEC + i), 0);
+	assert_int_equal(red_tags__count(t), 1024);
+	/* the oldest went, every one kept is found under its own process */
+	assert_false(red_tags__get(t, 7 + 3975 % 3, 3975, &method, &route));
+	for (i = 3976; i < 5000; i++)
+		assert_true(red_tags__get(t, 7 + (uint32_t)(i % 3), i, &method, &route));
+	assert_false(red_tags__get(t, 9, 3976, &method, &route)); /* 3976 was process 8's */
 	red_tags__free(t);
 	red_tags__free(NULL);
 }
