@@ -289,7 +289,7 @@ static __always_inline long interp_frame(struct walk *w)
 		bcp = w->r13;
 	if (put(w,
 		(jvm_kind << SONDE_FRAME_KIND_SHIFT) | (JVM_FRAME_INTERP << JVM_FRAME_TYPE_SHIFT) |
-			(bcp & ADDR_MASK),
+			(w->top ? 0 : JVM_FRAME_RET) | (bcp & ADDR_MASK),
 		method, 2))
 		return 1;
 	w->pc = win[JVM_INTERP_BELOW / 8 + 1];

@@ -253,6 +253,7 @@ struct proc {
 	gid_t gid;
 	enum jvm_path path;
 	int tries;
+	uint64_t detect_ns; /* the last detect()'s time, for the set-up figure */
 	char libjvm[PATH_MAX];
 	struct vm_info vm;
 	struct jvm_proc bp;    /* the walker's entry, when vm.w.missing is "" */
@@ -291,7 +292,16 @@ struct jvm {
 	struct plugin_strings strings; /* names handed to the core, until fini; under lock */
 	uint64_t declined;	       /* JVMs declined since start */
 	uint64_t unnamed, attach_errors, perfmap_errors, stale, symbol_errors;
+	uint64_t setups, setup_ns; /* JVMs set up (a path given) and the time it took */
 };
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
 
 static uint64_t now_ms(void)
 {
@@ -1342,6 +1352,17 @@ static void set_status(struct jvm *j, uint32_t pid, int attached, const char *no
 		j->api->process_status(j->host, pid, attached, note);
 }
 
+/* detect(), timed: reading and checking a JVM's structures is most of
+ * what setting one up costs (bench/unwind-jvm reports it). */
+static int timed_detect(struct jvm *j, struct proc *p, char *reason, size_t reasonlen)
+{
+	uint64_t t0 = now_ns();
+	int rc = detect(j, p, reason, reasonlen);
+
+	p->detect_ns = now_ns() - t0;
+	return rc;
+}
+
 /* p got its tables: the walker's entry goes to BPF; on the vmstructs path
  * when the walker can read this JVM and the settings allow it, else on the
  * perfmap path, whose perf map is asked for. */
@@ -1382,6 +1403,7 @@ static void set_handover(struct jvm *j, uint32_t pid, const struct jvm_proc *bp)
 
 static int start_path(struct jvm *j, struct proc *p)
 {
+	uint64_t t0 = now_ns();
 	bool vms = !p->vm.w.missing[0] && strcmp(j->set.path, "perfmap");
 	struct jvm_proc bp = {
 		.code_lo = p->vm.code_lo, .code_hi = p->vm.code_hi, .mode = JVM_MODE_PERFMAP};
@@ -1411,6 +1433,10 @@ static int start_path(struct jvm *j, struct proc *p)
 		    p->vm.code_hi, note);
 	set_status(j, p->pid, 1, vms ? "path vmstructs" : "path perfmap");
 	refresh_threads(j, p);
+	pthread_mutex_lock(&j->lock);
+	j->setups++;
+	j->setup_ns += p->detect_ns + (now_ns() - t0);
+	pthread_mutex_unlock(&j->lock);
 	return 0;
 }
 
@@ -1751,10 +1777,15 @@ static int name_interp(struct mem *m, uint64_t aux, uint64_t method, struct sond
 		return 0;
 	bci = (int64_t)(bcp - (cm + m->w->size[Z_CONSTMETHOD]));
 	code_size = mem_u16(m, cm + m->w->off[O_CM_CODE_SIZE]);
-	/* a bcp outside the method's bytecode (an entry not yet run) has no line */
-	if (!m->err && bci >= 0 && bci < code_size)
+	if (!m->err && bci >= 0 && bci < code_size) {
 		f->line = line_of(m, cm, (int32_t)bci);
-	return 1;
+		return 1;
+	}
+	/* The interrupted frame may be at its entry, its bcp not set yet, and
+	 * a native method has no bytecode: they keep their name, without a
+	 * line. A caller's bcp is otherwise in its bytecode: outside, the
+	 * Method* now holds another method. */
+	return (aux & JVM_FRAME_RET) && !m->err && code_size ? -ESTALE : 1;
 }
 
 struct pcdesc {
@@ -1951,7 +1982,7 @@ static void jvm_tick(void *ctx)
 		if (p->path != PATH_PENDING)
 			continue;
 		reason[0] = '\0';
-		rc = detect(j, p, reason, sizeof(reason));
+		rc = timed_detect(j, p, reason, sizeof(reason));
 		if (rc == SONDE_DECLINE && proc_age_ms(p->pid) < STARTUP_MS)
 			rc = -EAGAIN; /* read while libjvm.so was still being loaded */
 		if (rc == -EAGAIN && ++p->tries < PENDING_TRIES)
@@ -2026,7 +2057,7 @@ static int jvm_attach(void *state, const struct sonde_plugin_process *proc, char
 		return -ENOMEM;
 	p->pid = proc->pid;
 	read_ids(p);
-	rc = detect(j, p, reason, reasonlen);
+	rc = timed_detect(j, p, reason, reasonlen);
 	if (rc == -EAGAIN && !p->libjvm[0] && !looks_like_launcher(proc)) {
 		snprintf(reason, reasonlen, "not a JVM: no libjvm.so mapped");
 		rc = SONDE_DECLINE;
@@ -2088,7 +2119,7 @@ static const char *const error_names[JVM_ERR__COUNT] = {
 static int jvm_write_metrics(void *state, FILE *out)
 {
 	struct jvm *j = state;
-	uint64_t paths[PATH__COUNT] = {0}, user[JVM_ERR__COUNT] = {0};
+	uint64_t paths[PATH__COUNT] = {0}, user[JVM_ERR__COUNT] = {0}, setups, setup_ns;
 	struct proc *p;
 	uint32_t r;
 	int err;
@@ -2106,7 +2137,19 @@ static int jvm_write_metrics(void *state, FILE *out)
 	user[JVM_ERR_PERFMAP] = j->perfmap_errors;
 	user[JVM_ERR_STALE] = j->stale;
 	user[JVM_ERR_SYMBOL_READ] = j->symbol_errors;
+	setups = j->setups;
+	setup_ns = j->setup_ns;
 	pthread_mutex_unlock(&j->lock);
+	fprintf(out, "# HELP sonde_unwind_jvm_setups_total JVMs set up: their structures read "
+		     "and checked, a path given.\n"
+		     "# TYPE sonde_unwind_jvm_setups_total counter\n"
+		     "sonde_unwind_jvm_setups_total %" PRIu64 "\n"
+		     "# HELP sonde_unwind_jvm_setup_seconds_total Time those set-ups took (reading "
+		     "VMStructs from the process, checking them, the walker's entry, the threads' "
+		     "anchors).\n"
+		     "# TYPE sonde_unwind_jvm_setup_seconds_total counter\n"
+		     "sonde_unwind_jvm_setup_seconds_total %.9f\n",
+		     setups, (double)setup_ns / 1e9);
 	fprintf(out, "# HELP sonde_unwind_jvm_processes JVMs by the path they got: perfmap and "
 		     "pending now, declined since start.\n"
 		     "# TYPE sonde_unwind_jvm_processes gauge\n");

@@ -11,7 +11,11 @@
  *                     JVM_FRAME_RETURN when it is a return address. Named
  *                     from the JVM's perf map.
  *   JVM_FRAME_INTERP  an interpreted frame: payload = Method*, aux bits 0-47 =
- *                     the bytecode pointer (user addresses fit in 47 bits).
+ *                     the bytecode pointer (user addresses fit in 47 bits), bit
+ *                     52 = JVM_FRAME_RET when it is a caller's frame (then the
+ *                     bytecode pointer must lie in the method's bytecode: one
+ *                     that does not means the Method* was freed and reused,
+ *                     and the frame is not named).
  *   JVM_FRAME_NMETHOD a compiled frame: payload = the nmethod, aux bits 0-31 =
  *                     pc - code_begin, bits 32-51 = the low 20 bits of its
  *                     compile id (a freed or reused blob is not named), bit 52
@@ -106,7 +110,8 @@ enum jvm_error {
 	JVM_ERR_UNNAMED = JVM_ERR__BPF, /* symbolize: no perf map entry covers the pc */
 	JVM_ERR_ATTACH,			/* the attach interface failed (jcmd Compiler.perfmap) */
 	JVM_ERR_PERFMAP,		/* the perf map could not be read */
-	JVM_ERR_STALE,			/* symbolize: the nmethod was freed or recompiled */
+	JVM_ERR_STALE,			/* symbolize: the nmethod was freed or recompiled, or the
+					   Method* of a caller frame reused */
 	JVM_ERR_SYMBOL_READ,		/* symbolize: a Method or its metadata was unreadable */
 	JVM_ERR__COUNT,
 };
