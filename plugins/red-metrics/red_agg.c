@@ -205,6 +205,27 @@ struct route_use {
 /* Route cache values that are not a route string. */
 static const char keep_mark, drop_mark, fold_mark;
 
+/*
+ * The series the last requests of a given shape went to, so that a hot
+ * endpoint does not build its route, ask the route cache and print its
+ * label set again for every request (perf: that was most of sonded's time
+ * per request). Direct-mapped; emptied whenever what it summarizes may
+ * change: series expired, a service renamed or forgotten, the script
+ * changed.
+ */
+#define MEMO_SLOTS 256 /* a power of two */
+
+struct memo {
+	struct series *s; /* NULL: empty */
+	uint32_t tgid;
+	uint16_t port, status;
+	int client;
+	int folded;	    /* the cap folded its route into _OTHER: counted per request */
+	const char *method; /* static */
+	char path[SONDE_RED_PATH_MAX];
+	char addr[SONDE_RED_HOST_MAX];
+};
+
 struct sonde_red_agg {
 	struct sonde_red_agg_opts opts;
 	struct sonde_red_agg_stats stats;
@@ -222,7 +243,35 @@ struct sonde_red_agg {
 	struct red_tags *tags;	 /* recent server exchanges, for thread tags */
 	uint64_t now_ns;	 /* the latest time seen (records, expire()) */
 	uint64_t swept_ns;	 /* when expired series were last looked for */
+	struct memo *memo;	 /* MEMO_SLOTS */
 };
+
+static void memo_clear(struct sonde_red_agg *agg)
+{
+	size_t i;
+
+	for (i = 0; i < MEMO_SLOTS; i++)
+		agg->memo[i].s = NULL;
+}
+
+static struct memo *memo_slot(struct sonde_red_agg *agg, const struct exchange *x,
+			      const char *path)
+{
+	uint64_t h = 0xcbf29ce484222325ULL ^ x->tgid ^ ((uint64_t)x->status << 32) ^
+		     ((uint64_t)x->port << 16);
+	const unsigned char *c;
+
+	for (c = (const unsigned char *)path; *c; c++)
+		h = (h ^ *c) * 0x100000001b3ULL;
+	return &agg->memo[(h ^ (h >> 29)) & (MEMO_SLOTS - 1)];
+}
+
+static bool memo_is(const struct memo *m, const struct exchange *x, const char *path)
+{
+	return m->s && m->tgid == x->tgid && m->port == x->port && m->status == x->status &&
+	       m->client == x->client && m->method == x->method && !strcmp(m->path, path) &&
+	       !strcmp(m->addr, x->addr);
+}
 
 /*
  * The route strings of series, kept until the aggregator is freed. A
@@ -279,7 +328,8 @@ struct sonde_red_agg *sonde_red_agg__new(const struct sonde_red_agg_opts *opts)
 				   : INTERN_MIN;
 	agg->tail = &agg->first;
 	agg->tags = red_tags__new(RED_AGG_TAG_KEEP_NS, 65536);
-	if (!agg->tags || !intern(agg, OVERFLOW_ROUTE))
+	agg->memo = calloc(MEMO_SLOTS, sizeof(*agg->memo));
+	if (!agg->tags || !agg->memo || !intern(agg, OVERFLOW_ROUTE))
 		goto fail;
 	for (i = 0; i < agg->patterns.count; i++)
 		if (!intern(agg, agg->patterns.pattern[i]))
@@ -312,6 +362,7 @@ void sonde_red_agg__free(struct sonde_red_agg *agg)
 	map_clear(&agg->series, free_series);
 	map_clear(&agg->route_cache, NULL); /* interned strings and marks */
 	red_tags__free(agg->tags);
+	free(agg->memo);
 	map_clear(&agg->strings, free); /* last: everything above pointed into it */
 	free(agg);
 }
@@ -322,6 +373,7 @@ int sonde_red_agg__set_service(struct sonde_red_agg *agg, uint32_t tgid, const c
 
 	if (!copy)
 		return -ENOMEM;
+	memo_clear(agg); /* its series carry the name */
 	old = map_del(&agg->services, &tgid, sizeof(tgid));
 	free(old);
 	if (map_put(&agg->services, &tgid, sizeof(tgid), copy)) {
@@ -333,6 +385,7 @@ int sonde_red_agg__set_service(struct sonde_red_agg *agg, uint32_t tgid, const c
 
 void sonde_red_agg__forget(struct sonde_red_agg *agg, uint32_t tgid)
 {
+	memo_clear(agg);
 	free(map_del(&agg->services, &tgid, sizeof(tgid)));
 }
 
@@ -343,6 +396,7 @@ const struct sonde_red_agg_stats *sonde_red_agg__stats(const struct sonde_red_ag
 
 void sonde_red_agg__script_changed(struct sonde_red_agg *agg)
 {
+	memo_clear(agg);
 	map_clear(&agg->route_cache, NULL);
 	agg->hook_off = !agg->opts.route_hook;
 }
@@ -553,6 +607,8 @@ unsigned int sonde_red_agg__expire(struct sonde_red_agg *agg, uint64_t now_ns)
 			link = &(*link)->next;
 		}
 	}
+	if (n)
+		memo_clear(agg); /* it may point at them */
 	return n;
 }
 
@@ -657,6 +713,7 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	const struct red_event *ev = rec;
 	struct sonde_red_request req;
 	struct exchange x = {0};
+	struct memo *memo;
 	const char *route;
 	struct series *s;
 	double d, reqb, resp;
@@ -704,6 +761,12 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	if (!x.service)
 		x.service = "unknown_service";
 	has_path = req.line_complete && req.path[0];
+	memo = has_path ? memo_slot(agg, &x, req.path) : NULL;
+	if (memo && memo_is(memo, &x, req.path)) {
+		s = memo->s;
+		agg->stats.route_overflow += (uint64_t)memo->folded;
+		goto count;
+	}
 	route = has_path ? sonde_red_patterns_match(&agg->patterns, req.path) : NULL;
 	x.route = x.built;
 	if (route) {
@@ -727,6 +790,16 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	s = get_series(agg, &x);
 	if (!s)
 		return -ENOMEM;
+	if (memo) {
+		*memo = (struct memo){ .s = s, .tgid = x.tgid, .port = x.port,
+				       .status = (uint16_t)x.status, .client = x.client,
+				       .method = x.method,
+				       .folded = !strcmp(s->route, OVERFLOW_ROUTE) &&
+						 strcmp(x.route, OVERFLOW_ROUTE) };
+		snprintf(memo->path, sizeof(memo->path), "%s", req.path);
+		snprintf(memo->addr, sizeof(memo->addr), "%s", x.addr);
+	}
+count:
 	d = ev->last > ev->start ? (double)(ev->last - ev->start) / 1e9 : 0;
 	reqb = req.content_length > 0 ? (double)req.content_length : 0;
 	if (ev->resp_clen >= 0 && !ev->chunked)

@@ -558,6 +558,39 @@ static void test_agg_route_cap(void **state)
 	assert_null(strstr(written(), "\"/d\""));
 }
 
+/* The memo of recent request shapes: the same shape again counts in the
+ * same series, folded ones count as folded every time, and a renamed
+ * service gets series of its new name. */
+static void test_agg_memo(void **state)
+{
+	static const char *const paths[] = {"/a", "/b", "/c", "/d", "/d", "/d", "/a"};
+	char head[64];
+	size_t i;
+
+	(void)state;
+	for (i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
+		snprintf(head, sizeof(head), "GET %s HTTP/1.1\r\n\r\n", paths[i]);
+		put(RED_END_LENGTH, 9, i * 10, i * 10 + 1, head, 200, 49, 39, 10);
+	}
+	/* max_routes 3: each of the three /d folds into _OTHER, and is counted */
+	assert_int_equal(sonde_red_agg__stats(agg)->route_overflow, 3);
+	assert_int_equal(sonde_red_agg__stats(agg)->requests, 7);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/a", "}") " 2");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "_OTHER",
+								     "}") " 3");
+	/* another status is another shape */
+	put(RED_END_LENGTH, 9, 100, 101, "GET /a HTTP/1.1\r\n\r\n", 404, 49, 39, 10);
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "404", "/a",
+								     "}") " 1");
+	/* a renamed service: the memo must not send /a to the old name's series */
+	assert_int_equal(sonde_red_agg__set_service(agg, 100, "shop"), 0);
+	put(RED_END_LENGTH, 9, 110, 111, "GET /a HTTP/1.1\r\n\r\n", 200, 49, 39, 10);
+	has_line("http_server_request_duration_seconds_count{service_name=\"shop\","
+		 "http_request_method=\"GET\",http_response_status_code=\"200\","
+		 "http_route=\"/a\",url_scheme=\"http\",server_port=\"8080\"} 1");
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/a", "}") " 2");
+}
+
 static void test_agg_bad_records(void **state)
 {
 	struct rec r = {.ev = {.type = RED_EV_EXCHANGE, .end = RED_END_LENGTH, .len = 100}};
@@ -937,6 +970,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_agg_no_body, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_forced_and_aborted, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_route_cap, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_agg_memo, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_bad_records, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_window, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_agg_client, setup, teardown),
