@@ -229,6 +229,25 @@ end)
                         f"{base}/ok", f"{base}/ok", f"{base}/slow"], check=True, timeout=30)
         want_py[("/ok", 200)] += 2
         want_py[("/slow", 200)] += 1
+        # Expect: 100-continue (http.server answers "100 Continue" first):
+        # the interim response is skipped, the final one counted once.
+        with socket.create_connection(("127.0.0.1", py_port), timeout=30) as s:
+            buf = b""
+            for _ in range(2):
+                s.sendall(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
+                while b"\r\n\r\n" not in buf:
+                    more = s.recv(65536)
+                    if not more:
+                        fail(f"no answer to Expect: 100-continue: {buf!r}")
+                    buf += more
+                interim, buf = buf.split(b"\r\n\r\n", 1)
+                if not interim.startswith(b"HTTP/1.1 100"):
+                    fail(f"http.server sent no 100 Continue: {interim!r}")
+                status, buf = read_response(s, buf)
+                if status != 200:
+                    fail(f"Expect: 100-continue: final status {status}")
+        want_py[("/ok", 200)] += 2
 
         # recvmsg + sendmsg (head and body in two iovecs), keep-alive.
         msg_port, readv_port, pipe_port, v6_port = (raw[m][1] for m in ("msg", "readv", "pipe",
@@ -345,6 +364,8 @@ end)
         print("ok: recvmsg/sendmsg 6, readv 5 (3 with Host), pipelined 9 and IPv6 3 requests "
               "counted exactly")
 
+        if 'http_response_status_code="100"' in text:
+            fail("an interim 100 Continue was counted as a response")
         for secret in ("secret123", "token=", "from=wrk", "/users/100"):
             if secret in text:
                 fail(f"'{secret}' (a raw path or query) is on /metrics")
