@@ -97,9 +97,9 @@ int sample(struct bpf_perf_event_data *ctx)
 	return sonde_sample_emit(s);
 }
 
-/* Slot SONDE_UNWINDER_FP: the kernel's own frame-pointer walk of the user
- * stack (it uses the task's saved user registers when the sample hit the
- * kernel). */
+/* Slot SONDE_UNWINDER_FP: the frame-pointer walk of the user stack, from
+ * the interrupted registers or, when the sample hit the kernel, those the
+ * task saved on entering it (sample.bpf.h, sonde_walk_fp). */
 SEC("perf_event")
 int unwind_fp(struct bpf_perf_event_data *ctx)
 {

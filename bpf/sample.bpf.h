@@ -113,6 +113,25 @@ static __always_inline struct sonde_unwind_state *sonde_unwind_state_of(const st
 	return st;
 }
 
+/* For an interpreter's walker: the state a native walker left when it
+ * handed this sample's frame at st->pc over; NULL when the walker runs as
+ * the process's first unwinder. */
+static __always_inline struct sonde_unwind_state *sonde_handed_over(const struct sonde_sample *s)
+{
+	struct sonde_unwind_state *st = sonde_unwind_state_of(s);
+
+	return st && st->native_slot && !(st->flags & SONDE_UNWIND_RESUME) ? st : NULL;
+}
+
+/* For the native walker: the state an interpreter's walker left when it
+ * gave this sample's walk back; NULL when the walk starts afresh. */
+static __always_inline struct sonde_unwind_state *sonde_handed_back(const struct sonde_sample *s)
+{
+	struct sonde_unwind_state *st = sonde_unwind_state_of(s);
+
+	return st && (st->flags & SONDE_UNWIND_RESUME) ? st : NULL;
+}
+
 /*
  * A native walker hands the frame at (pc, sp, bp) to the unwinder in slot,
  * saying it takes the walk back in self_slot; exact: pc is the interrupted

@@ -541,9 +541,7 @@ int unwind_jvm(struct bpf_perf_event_data *ctx)
 		return 0;
 	p = bpf_map_lookup_elem(&jvm_procs, &s->hdr.pid);
 	nb = bpf_map_lookup_elem(&jvm_native, &zero);
-	st = sonde_unwind_state_of(s);
-	if (st && (!st->native_slot || (st->flags & SONDE_UNWIND_RESUME)))
-		st = NULL;
+	st = sonde_handed_over(s);
 	if (st && (!p || p->mode != JVM_MODE_VMSTRUCTS)) {
 		/* handed a frame this walker cannot read (no longer): give it
 		 * back unread */

@@ -335,10 +335,10 @@ static __always_inline void finish(struct walk *w)
 static __always_inline int start(struct bpf_perf_event_data *ctx, struct walk *w)
 {
 	struct sonde_sample *s = w->s;
-	struct sonde_unwind_state *st = sonde_unwind_state_of(s);
+	struct sonde_unwind_state *st = sonde_handed_back(s);
 	struct sonde_user_regs regs;
 
-	if (st && (st->flags & SONDE_UNWIND_RESUME)) {
+	if (st) {
 		st->flags &= ~SONDE_UNWIND_RESUME;
 		w->pc = st->pc;
 		w->sp = st->sp;

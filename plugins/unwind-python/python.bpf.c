@@ -327,9 +327,7 @@ int unwind_python(struct bpf_perf_event_data *ctx)
 	 * then the frame-pointer walk. One walk_frames() call site: 6.1's
 	 * verifier checks its bounded loop once per site.
 	 */
-	st = sonde_unwind_state_of(s);
-	if (st && (!st->native_slot || (st->flags & SONDE_UNWIND_RESUME)))
-		st = NULL;
+	st = sonde_handed_over(s);
 	if (!w.p)
 		py_error(PY_ERR_NO_PROC);
 	if (st) {
