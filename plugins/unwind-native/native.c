@@ -1175,7 +1175,7 @@ static const struct sonde_plugin_setting native_settings[] = {
 	{SONDE_SETTING_INT, "max_rows", "1048576", offsetof(struct settings, max_rows),
 	 "rows of the table space shared by all unwind tables (8 bytes each; libc needs ~60k)"},
 	{SONDE_SETTING_INT, "max_processes", "1024", offsetof(struct settings, max_processes),
-	 "processes unwound at once (4 KiB of BPF map each)"},
+	 "processes unwound at once (5 KiB of BPF map each)"},
 	{SONDE_SETTING_STRING, "cache_dir", "/var/cache/sonde/unwind",
 	 offsetof(struct settings, cache_dir),
 	 "directory of built tables, one file per build-id, so a restart does not rebuild "
