@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import time
 
+from pyframes import matches, marks, python_frames, show, want_chain, want_deep
 from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root, require_tool, scratch_dir, sondectl_path)
 
 require_root()
@@ -52,28 +53,8 @@ threading_py = subprocess.run(
     capture_output=True, text=True, check=True).stdout.strip()
 
 
-def marks(path, pattern):
-    """{mark: line} of the lines of path holding `pattern` (a regex with one
-    group, the mark)."""
-    out = {}
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            m = re.search(pattern, line)
-            if m:
-                out[m.group(1)] = i
-    return out
-
-
-# Expected Python chains, innermost first: (function, file, line or None).
-chain_leaf = marks(chain_py, r"# (LEAF LINE)")["LEAF LINE"]
-WANT_CHAIN = [("leaf", chain_py, chain_leaf)] + [
-    (f, chain_py, None) for f in ("outer.<locals>.inner", "outer", "Walker.step", "main",
-                                  "<module>")]
-at = marks(deep_py, r"# AT (\S+)$")
-WANT_DEEP = ([("leaf", deep_py, at["leaf"]), ("recurse", deep_py, at["recurse-last"])] +
-             [("recurse", deep_py, at["recurse"])] * 9 +
-             [(f, deep_py, at[f]) for f in ("ticks", "consume", "outer.<locals>.inner", "outer",
-                                            "Walker.step", "main", "<module>")])
+WANT_CHAIN = want_chain(chain_py)
+WANT_DEEP = want_deep(deep_py)
 leaf_native = marks(native_py, r"# LEAF LINE (\w+)")
 WANT_SORTED = [("py_key", native_py, leaf_native["sorted"])] + [
     (f, native_py, None) for f in ("by_key", "main", "<module>")]
@@ -174,16 +155,6 @@ for s in p.samples:
         samples[key].append(s)
 
 
-def python_frames(s):
-    """(function, file, line) of the sample's Python frames, innermost first."""
-    out = []
-    for lid in s["locations"]:
-        loc = p.locations[lid]
-        if p.mappings.get(loc["mapping"], {}).get("file") == "[python]":
-            out += loc["lines"]
-    return out
-
-
 def first_native_mapping(s):
     """The mapping file of the innermost user frame that is not Python."""
     for lid in s["locations"]:
@@ -191,17 +162,6 @@ def first_native_mapping(s):
         if m not in ("[python]", "[kernel.kallsyms]"):
             return m
     return None
-
-
-def matches(frames, want):
-    return len(frames) == len(want) and all(
-        f == wf and fl == wfl and (wl is None or l == wl)
-        for (f, fl, l), (wf, wfl, wl) in zip(frames, want))
-
-
-def show(want):
-    leaf = want[0]
-    return f"{' <- '.join(f for f, _, _ in want)} ({os.path.basename(leaf[1])}:{leaf[2]})"
 
 
 report = []
@@ -212,7 +172,7 @@ def check_chain(key, want, minimum=MIN_SAMPLES):
     bad = []
     for s in samples[key]:
         total += s["count"]
-        frames = python_frames(s)
+        frames = python_frames(p, s)
         if matches(frames, want):
             good += s["count"]
         elif len(bad) < 5:
@@ -244,7 +204,7 @@ total = 0
 bad = []
 for s in samples["threads"]:
     total += s["count"]
-    frames = python_frames(s)
+    frames = python_frames(p, s)
     hit = [c for c, want in WANT_THREADS.items() if matches(frames, want)]
     if hit:
         per_thread[hit[0]] += s["count"]
@@ -282,7 +242,7 @@ walk = dict(re.findall(r"^sonde_unwind_python_(walks_total|frames_total|walk_sec
                        r"code_cache_hits_total) (\S+)$", metrics.decode(), re.M))
 py_samples = sum(s["count"] for key in ("chain", "deep", "sorted", "zlib", "threads")
                  for s in samples[key])
-py_frames = sum(s["count"] * len(python_frames(s)) for key in
+py_frames = sum(s["count"] * len(python_frames(p, s)) for key in
                 ("chain", "deep", "sorted", "zlib", "threads") for s in samples[key])
 if (len(walk) != 4 or float(walk["walks_total"]) < py_samples or
         float(walk["frames_total"]) < py_frames or float(walk["walk_seconds_total"]) <= 0 or

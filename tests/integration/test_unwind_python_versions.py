@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 
+from pyframes import matches, python_frames, show, want_chain, want_deep
 from sondetest import (Profile, Sonded, build_dir, fail, http_get, require_root, require_tool,
                        scratch_dir, sondectl_path)
 
@@ -67,25 +68,8 @@ fixtures = os.path.realpath(os.path.join(src, "tests", "fixtures", "unwind-pytho
 chain_py, deep_py = (os.path.join(fixtures, n) for n in ("chain.py", "deep.py"))
 
 
-def marks(path, pattern):
-    out = {}
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            m = re.search(pattern, line)
-            if m:
-                out[m.group(1)] = i
-    return out
-
-
-chain_leaf = marks(chain_py, r"# (LEAF LINE)")["LEAF LINE"]
-WANT_CHAIN = [("leaf", chain_py, chain_leaf)] + [
-    (f, chain_py, None) for f in ("outer.<locals>.inner", "outer", "Walker.step", "main",
-                                  "<module>")]
-at = marks(deep_py, r"# AT (\S+)$")
-WANT_DEEP = ([("leaf", deep_py, at["leaf"]), ("recurse", deep_py, at["recurse-last"])] +
-             [("recurse", deep_py, at["recurse"])] * 9 +
-             [(f, deep_py, at[f]) for f in ("ticks", "consume", "outer.<locals>.inner", "outer",
-                                            "Walker.step", "main", "<module>")])
+WANT_CHAIN = want_chain(chain_py)
+WANT_DEEP = want_deep(deep_py)
 FROM = {11: "PyCode_Type", 12: "PyCode_Type", 13: "_Py_DebugOffsets"}
 
 work = scratch_dir("sonde-pyver-")
@@ -163,21 +147,6 @@ for s in p.samples:
         samples[key].append(s)
 
 
-def python_frames(s):
-    out = []
-    for lid in s["locations"]:
-        loc = p.locations[lid]
-        if p.mappings.get(loc["mapping"], {}).get("file") == "[python]":
-            out += loc["lines"]
-    return out
-
-
-def matches(frames, want):
-    return len(frames) == len(want) and all(
-        f == wf and fl == wfl and (wl is None or l == wl)
-        for (f, fl, l), (wf, wfl, wl) in zip(frames, want))
-
-
 for key in procs:
     m = int(key.split()[0].split(".")[1])
     good = total = 0
@@ -186,15 +155,14 @@ for key in procs:
         want = WANT_CHAIN if key.endswith("chain") else WANT_DEEP
         for s in samples[key]:
             total += s["count"]
-            frames = python_frames(s)
+            frames = python_frames(p, s)
             if matches(frames, want):
                 good += s["count"]
             elif len(bad) < 5:
                 bad.append(frames or [f for f, _ in p.frames(s)][:12])
         if total < MIN_SAMPLES or good < 0.95 * total:
             fail(f"{key}: {good} of {total} samples show {want}; others: {bad}")
-        report.append(f"{key}: {good}/{total} show {' <- '.join(f for f, _, _ in want)} "
-                      f"({os.path.basename(want[0][1])}:{want[0][2]})")
+        report.append(f"{key}: {good}/{total} show {show(want)}")
         continue
     # declined: no Python frame, the native frames kept: innermost in its
     # libpython, or in the clock_gettime (libc, vDSO) that chain.py's leaf calls
