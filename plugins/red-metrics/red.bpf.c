@@ -105,6 +105,15 @@ struct {
 	__type(value, struct child);
 } forked SEC(".maps");
 
+/* The tgids of forked, a bitmap like targets: the I/O hooks of every other
+ * watched process skip the forked lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RED_TARGET_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} children SEC(".maps");
+
 /* A pipelined request head waiting behind the one in flight (red_conn.q_*),
  * apart from the connection so that connections that never pipeline (all
  * but a few) do not carry room for RED_PIPE heads. gen keeps a reused fd's
@@ -186,12 +195,18 @@ static __always_inline void stat_inc(__u32 stat)
 		*v += 1;
 }
 
-static __always_inline int watched(__u32 tgid)
+/* Bit tgid of the bitmap map (targets, children). */
+static __always_inline int bit_test(void *map, __u32 tgid)
 {
 	__u32 word = tgid / 64;
-	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
+	__u64 *bits = bpf_map_lookup_elem(map, &word);
 
 	return bits && (*bits >> (tgid % 64)) & 1;
+}
+
+static __always_inline int watched(__u32 tgid)
+{
+	return bit_test(&targets, tgid);
 }
 
 /* Userspace is woken only once this much waits in the ringbuf (a wake-up
@@ -368,19 +383,25 @@ static __always_inline void send_proc(__u32 tgid, __u8 what)
 		stat_inc(RED_STAT_RINGBUF_FULL);
 }
 
+static __always_inline struct child *child_of(__u32 tgid)
+{
+	return bit_test(&children, tgid) ? bpf_map_lookup_elem(&forked, &tgid) : NULL;
+}
+
 static __always_inline __u32 svc_of(__u32 tgid)
 {
-	struct child *ch = bpf_map_lookup_elem(&forked, &tgid);
+	struct child *ch = child_of(tgid);
 
 	return ch ? ch->svc : tgid;
 }
 
-/* Bit tgid of targets (atomically: userspace writes whole words, but only
- * for tgids it attached, never for forked children). */
-static __always_inline void set_watched(__u32 tgid, int on)
+/* Sets or clears bit tgid of the bitmap map (atomically: userspace writes
+ * whole words of targets, but only for tgids it attached, never for forked
+ * children). */
+static __always_inline void bit_set(void *map, __u32 tgid, int on)
 {
 	__u32 word = tgid / 64;
-	__u64 *bits = bpf_map_lookup_elem(&targets, &word);
+	__u64 *bits = bpf_map_lookup_elem(map, &word);
 
 	if (!bits)
 		return;
@@ -400,8 +421,10 @@ int BPF_PROG(red_fork, struct task_struct *parent, struct task_struct *child)
 	if (ptgid == ctgid || !watched(ptgid))
 		return 0;
 	ch.svc = svc_of(ptgid);
-	if (!bpf_map_update_elem(&forked, &ctgid, &ch, BPF_ANY))
-		set_watched(ctgid, 1);
+	if (!bpf_map_update_elem(&forked, &ctgid, &ch, BPF_ANY)) {
+		bit_set(&children, ctgid, 1);
+		bit_set(&targets, ctgid, 1);
+	}
 	return 0;
 }
 
@@ -416,10 +439,10 @@ int BPF_PROG(red_exit, struct task_struct *task)
 	if (task->pid != tgid)
 		return 0;
 	if (watch_listeners && !bpf_map_delete_elem(&listeners, &tgid)) {
-		set_watched(tgid, 0);
+		bit_set(&targets, tgid, 0);
 		send_proc(tgid, RED_PROC_EXIT);
 	}
-	ch = bpf_map_lookup_elem(&forked, &tgid);
+	ch = child_of(tgid);
 	if (!ch)
 		return 0;
 	/* an exit closes without close(): end what is in flight (a response
@@ -431,7 +454,8 @@ int BPF_PROG(red_exit, struct task_struct *task)
 		bpf_map_delete_elem(&conns, &key);
 	}
 	bpf_map_delete_elem(&forked, &tgid);
-	set_watched(tgid, 0);
+	bit_set(&children, tgid, 0);
+	bit_set(&targets, tgid, 0);
 	return 0;
 }
 
@@ -469,7 +493,7 @@ static __always_inline int watch_listener(__u32 tgid, __u32 fd)
 	err = bpf_map_update_elem(&listeners, &tgid, &one, BPF_NOEXIST);
 	if (err && err != -17 /* EEXIST */)
 		return 0; /* full: its exit could not be seen */
-	set_watched(tgid, 1);
+	bit_set(&targets, tgid, 1);
 	send_proc(tgid, RED_PROC_LISTENER);
 	return 1;
 }
@@ -753,7 +777,7 @@ static __always_inline struct red_conn *adopt(const struct conn_key *key, __u64 
 		return NULL;
 	c->gen = bpf_ktime_get_ns();
 	c->state = RED_CONN_IDLE;
-	ch = bpf_map_lookup_elem(&forked, &key->tgid);
+	ch = child_of(key->tgid);
 	c->svc = ch ? ch->svc : key->tgid;
 	if (bpf_map_update_elem(&conns, key, c, BPF_NOEXIST))
 		return NULL;
@@ -768,7 +792,7 @@ static __always_inline struct red_conn *adopt(const struct conn_key *key, __u64 
  * one connection, when fd is a socket with the same local port. */
 static __always_inline struct red_conn *child_conn(struct conn_key *key)
 {
-	struct child *ch = bpf_map_lookup_elem(&forked, &key->tgid);
+	struct child *ch = child_of(key->tgid);
 	struct conn_key k = {.tgid = key->tgid};
 	struct red_conn *c;
 
@@ -946,12 +970,13 @@ static __always_inline int on_io_exit(long ret, __u32 op)
 	if (ret <= 0 || !watched(key.tgid))
 		return 0;
 	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	key.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL(regs);
+	/* loads from the BTF-typed regs: no probe read per argument */
+	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(regs);
 	if (op != IO_FILE)
-		data = PT_REGS_PARM2_CORE_SYSCALL(regs);
+		data = PT_REGS_PARM2_SYSCALL(regs);
 	/* a peek leaves the bytes to the read that follows */
-	if ((op == IO_RXF && (PT_REGS_PARM4_CORE_SYSCALL(regs) & RED_MSG_PEEK)) ||
-	    (op == IO_RXM && (PT_REGS_PARM3_CORE_SYSCALL(regs) & RED_MSG_PEEK)))
+	if ((op == IO_RXF && (PT_REGS_PARM4_SYSCALL(regs) & RED_MSG_PEEK)) ||
+	    (op == IO_RXM && (PT_REGS_PARM3_SYSCALL(regs) & RED_MSG_PEEK)))
 		return 0;
 	rx = op == IO_RX || op == IO_RXF || op == IO_RXV || op == IO_RXM;
 	/* data points at the bytes (the first avail of ret) */
