@@ -65,12 +65,8 @@ int sample(struct bpf_perf_event_data *ctx)
 	s->ustack_len = 0;
 	bpf_get_current_comm(s->comm, sizeof(s->comm));
 	s->tag = 0;
-	if (sonde_tags_on) {
-		__u64 *tag = bpf_map_lookup_elem(&thread_tags, &s->tid);
-
-		if (tag)
-			s->tag = *tag;
-	}
+	if (sonde_tags_on)
+		s->tag = sonde_thread_tag(s->tid);
 
 	/* interrupted in user mode, the thread has no kernel stack to show:
 	 * skip the helper's callchain set-up */

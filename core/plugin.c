@@ -41,7 +41,8 @@ static const size_t descriptor_min_size[SONDE_PLUGIN_ABI_MINOR + 1] = {
 	[2] = offsetofend(struct sonde_plugin, write_metrics), /* 1.2 grew the host api only */
 	[3] = offsetofend(struct sonde_plugin, write_metrics), /* so did 1.3, */
 	[4] = offsetofend(struct sonde_plugin, write_metrics), /* 1.4 */
-	[5] = offsetofend(struct sonde_plugin, write_metrics), /* and 1.5 */
+	[5] = offsetofend(struct sonde_plugin, write_metrics), /* 1.5 */
+	[6] = offsetofend(struct sonde_plugin, write_metrics), /* and 1.6 (thread_tags' type) */
 };
 
 struct counter {

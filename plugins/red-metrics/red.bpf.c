@@ -240,7 +240,7 @@ static __always_inline void tag_thread(struct red_conn *c, const struct conn_key
 	c->tag_tid = 0;
 	if (!tag_provider || c->client || key->tgid != c->svc)
 		return;
-	if (!sonde_thread_tag_set(tid, exchange_tag(c)))
+	if (!sonde_thread_tag_set(exchange_tag(c)))
 		c->tag_tid = tid;
 	else
 		stat_inc(RED_STAT_TAGS_FULL);
@@ -253,7 +253,7 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 	__u64 flags = 0;
 
 	if (c->tag_tid) {
-		sonde_thread_tag_clear(c->tag_tid, exchange_tag(c));
+		sonde_thread_tag_end(c->tag_tid, exchange_tag(c));
 		c->tag_tid = 0;
 	}
 	if (wakeup_bytes)

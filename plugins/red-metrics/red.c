@@ -65,7 +65,7 @@ static const char *const counter_names[][2] = {
 	{"read-faults", "Heads that could not be read from the process's memory."},
 	{"connections", "Connections accepted by watched processes."},
 	{"untagged-threads",
-	 "Requests whose thread could not be tagged for the profiles: thread_tags was full."},
+	 "Requests whose thread could not be tagged for the profiles: no memory for its tag."},
 	{"listeners", "Processes watched because they listen on TCP (watch = \"listeners\")."},
 };
 #define N_AGG_COUNTERS 11
@@ -537,13 +537,12 @@ static int setup_thread_tags(struct red *r, const struct red_settings *s)
 	const struct sonde_host_api *api = r->api;
 	int fd, id, err;
 
-	bpf_map__set_max_entries(r->skel->maps.thread_tags, 1); /* unless reused below */
+	bpf_map__set_max_entries(r->skel->maps.thread_tags_ended, 1); /* unless reused below */
 	if (!s->profile_labels)
 		return 0;
-	if (api->size < offsetof(struct sonde_host_api, register_sample_tags) +
-				sizeof(api->register_sample_tags)) {
+	if (api->abi_minor < 6) {
 		api->log(r->host, SONDE_PLUGIN_LOG_WARN,
-			 "this sonded cannot label samples (host ABI %u.%u < 1.3): "
+			 "this sonded cannot label samples (host ABI %u.%u < 1.6): "
 			 "profiles will not carry http_route", api->abi_major, api->abi_minor);
 		return 0;
 	}
@@ -551,6 +550,12 @@ static int setup_thread_tags(struct red *r, const struct red_settings *s)
 	if (fd < 0)
 		return fd;
 	err = bpf_map__reuse_fd(r->skel->maps.thread_tags, fd);
+	if (err)
+		return err;
+	fd = api->map_fd(r->host, "thread_tags_ended");
+	if (fd < 0)
+		return fd;
+	err = bpf_map__reuse_fd(r->skel->maps.thread_tags_ended, fd);
 	if (err)
 		return err;
 	id = api->register_sample_tags(r->host, "http", tag_labels);

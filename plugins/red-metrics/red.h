@@ -102,7 +102,7 @@ enum red_stat {
 	RED_STAT_RINGBUF_FULL = 0, /* records lost: the ringbuf was full */
 	RED_STAT_READ_FAULT,	   /* bpf_probe_read_user failed on a head */
 	RED_STAT_CONNS,		   /* connections accepted by watched processes */
-	RED_STAT_TAGS_FULL,	   /* a thread not tagged: the core's thread_tags was full */
+	RED_STAT_TAGS_FULL,	   /* a thread not tagged: no room for its task storage */
 	RED_STAT__COUNT,
 };
 

@@ -12,6 +12,9 @@ and unwind-python on the server:
   ?http_route=/orders the reverse, each sample labeled with its route and
   method GET;
 - the unfiltered profile of the same time holds both;
+- a request answered by another thread than the one that read it (the
+  server's /handoff) leaves no label behind: the reading thread's work
+  after the answer (after_handoff) carries no http_route;
 - no sample waits past its deadline (sonde_samples_tag_unlabeled_total
   late/full stay 0) and none is held once the requests have stopped."""
 import http.client
@@ -73,7 +76,7 @@ with Sonded("--script", script, "--plugin-dir", os.path.join(build_dir(), "plugi
         stop = threading.Event()
         counts = {}
         clients = [threading.Thread(target=hammer, args=(port, p, stop, counts))
-                   for p in ("/users/{n}", "/orders")]
+                   for p in ("/users/{n}", "/orders", "/handoff")]
         for c in clients:
             c.start()
         time.sleep(1)  # the server's threads are up and sampled
@@ -107,7 +110,8 @@ with Sonded("--script", script, "--plugin-dir", os.path.join(build_dir(), "plugi
         server.kill()
         server.wait()
 
-print(f"ok: {counts['/users/{n}']} /users and {counts['/orders']} /orders requests served")
+print(f"ok: {counts['/users/{n}']} /users, {counts['/orders']} /orders and "
+      f"{counts['/handoff']} /handoff requests served")
 
 for name, want, other, route in (("users", "users_work", "orders_work", "/users/*"),
                                  ("orders", "orders_work", "users_work", "/orders")):
@@ -137,6 +141,15 @@ if got["orders_get"].total() != got["orders_get"].total(http_request_method="GET
         got["orders_get"].total() < MIN_SAMPLES:
     fail(f"?http_route=/orders&http_request_method=GET: {got['orders_get'].total()} samples")
 print(f"ok: the unfiltered profile holds both routes' work and labels {sorted(r for r in routes if r)}")
+
+after = [s for s in got["all"].samples if "after_handoff" in functions(got["all"], s)]
+if sum(s["count"] for s in after) < MIN_SAMPLES // 2:
+    fail(f"after_handoff: {sum(s['count'] for s in after)} samples")
+stale = [s["labels"] for s in after if s["labels"].get("http_route")]
+if stale:
+    fail(f"after_handoff samples still labeled with a request: {stale[:5]}")
+print(f"ok: {sum(s['count'] for s in after)} samples of after_handoff, none labeled "
+      "(the answer came from another thread)")
 
 unlabeled = dict(re.findall(r'^sonde_samples_tag_unlabeled_total\{reason="(\w+)"\} (\d+)$',
                             metrics, re.M))

@@ -83,15 +83,16 @@ _Static_assert(sizeof(struct sonde_sample) == SONDE_SAMPLE_HDR_SIZE + 8 * SONDE_
 /*
  * Thread tags: while a thread works for something a plugin tracks (an HTTP
  * request), the plugin's BPF code puts a tag in the core's `thread_tags`
- * map (key: tid) and the sampler copies it into the thread's samples; the
- * plugin's userspace later turns it into labels (e.g. http_route). The top
+ * map (the thread's task storage, bpf/thread_tags.bpf.h) and the sampler
+ * copies it into the thread's samples; the plugin's userspace later turns
+ * it into labels (e.g. http_route). The top
  * byte names the plugin that set it (the id the host gave it), the other
  * 56 bits are the plugin's own.
  */
 #define SONDE_TAG_PROVIDER_SHIFT 56
 #define SONDE_TAG_PROVIDER(t) ((__u32)((t) >> SONDE_TAG_PROVIDER_SHIFT))
 #define SONDE_TAG_VALUE_MASK ((1ULL << SONDE_TAG_PROVIDER_SHIFT) - 1)
-#define SONDE_MAX_THREAD_TAGS 16384 /* threads tagged at once, node-wide */
+#define SONDE_MAX_THREAD_TAGS 16384 /* tags ended by another thread, remembered at once */
 
 /*
  * Interpreter hand-over: the native walker (a plugin's, e.g. unwind-native)

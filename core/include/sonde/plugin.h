@@ -28,7 +28,7 @@
 
 #define SONDE_PLUGIN_MAGIC 0x736f6e64u /* "sond" */
 #define SONDE_PLUGIN_ABI_MAJOR 1
-#define SONDE_PLUGIN_ABI_MINOR 5
+#define SONDE_PLUGIN_ABI_MINOR 6
 #define SONDE_PLUGIN_SYMBOL "sonde_plugin"
 
 struct sonde_host; /* the core, opaque to plugins */
@@ -104,7 +104,9 @@ struct sonde_host_api {
 	 * bpf_map__reuse_fd() before the plugin loads its object: "events"
 	 * (ringbuf), "stats", "scratch" (the per-CPU sample being built),
 	 * "procs" (pid -> first unwinder), "unwinders" (PROG_ARRAY),
-	 * "thread_tags" (tid -> tag, bpf/thread_tags.bpf.h; ABI 1.3),
+	 * "thread_tags" and "thread_tags_ended" (bpf/thread_tags.bpf.h;
+	 * ABI 1.6: task storage and its LRU of tags ended by another
+	 * thread; from 1.3 to 1.5 thread_tags was a tid -> tag hash),
 	 * "handover" and "unwind_state" (the interpreter hand-over,
 	 * abi.h and bpf/sample.bpf.h; ABI 1.4).
 	 * -ENOENT for another name.
