@@ -346,20 +346,28 @@ static __always_inline void flush(struct red_conn *c, const struct conn_key *key
 #define RED_S_IFMT   00170000
 #define RED_S_IFSOCK 0140000
 
-/* The socket behind fd, through the task's file table (works on every
- * kernel with BTF, no sock_* tracepoint needed); NULL when fd is not a
- * socket. */
-static __always_inline struct sock *sock_of(__u32 fd)
+/* The file open at fd in the current task's file table; NULL none. */
+static __always_inline struct file *file_of(__u32 fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	struct file *f = NULL;
-	struct socket *sock;
 
 	if (fd >= BPF_CORE_READ(fdt, max_fds))
 		return NULL;
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* The socket behind fd, through the task's file table (works on every
+ * kernel with BTF, no sock_* tracepoint needed); NULL when fd is not a
+ * socket. */
+static __always_inline struct sock *sock_of(__u32 fd)
+{
+	struct file *f = file_of(fd);
+	struct socket *sock;
+
 	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & RED_S_IFMT) != RED_S_IFSOCK)
 		return NULL;
 	sock = BPF_CORE_READ(f, private_data);
@@ -1117,18 +1125,27 @@ int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx)
 	return on_io_exit(ctx->ret, IO_FILE);
 }
 
-/* The close of a tracked connection ends what is in flight on it. */
-SEC("tracepoint/syscalls/sys_enter_close")
-int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
+#define RED_EBADF 9
+
+/* The close of a tracked connection ends what is in flight on it. Hooked
+ * at the exit: one sys_enter hook would send every syscall of every
+ * process through the kernel's syscall-entry tracing as well. By the exit
+ * the fd is gone, whatever close returned but EBADF; should it be open
+ * again (another thread got the number since), the entry is the new
+ * file's and stays. */
+SEC("tracepoint/syscalls/sys_exit_close")
+int sys_exit_close(struct trace_event_raw_sys_exit *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct conn_key key = {.tgid = id >> 32, .fd = (__u32)ctx->args[0]};
+	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
+	struct pt_regs *regs;
 	struct red_conn *c;
 
-	if (!watched(key.tgid))
+	if (ctx->ret == -RED_EBADF || !watched(key.tgid))
 		return 0;
+	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(regs);
 	c = bpf_map_lookup_elem(&conns, &key);
-	if (!c)
+	if (!c || file_of(key.fd))
 		return 0;
 	flush(c, &key);
 	bpf_map_delete_elem(&conns, &key);

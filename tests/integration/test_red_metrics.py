@@ -387,6 +387,45 @@ end)
             if v != 0:
                 fail(f"sonde_plugin_red_metrics_{name}_total is {v}")
         print("ok: the client fixture's 9 requests counted exactly on the client side")
+
+        # Closes, on the sendmsg server: a request it hangs up on is no
+        # request counted (no status is invented), an answer with no length
+        # ends with the close, whole.
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", msg_port), timeout=30) as s:
+                s.sendall(get("/hangup", "127.0.0.1"))
+                if s.recv(1024) != b"":
+                    fail("the server answered /hangup")
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", msg_port), timeout=30) as s:
+                s.sendall(get("/until-close", "127.0.0.1"))
+                answer = b""
+                while more := s.recv(65536):
+                    answer += more
+                if not answer.startswith(b"HTTP/1.0 200 OK\r\n"):
+                    fail(f"the server's /until-close answer: {answer!r}")
+                body_len = len(answer.split(b"\r\n\r\n", 1)[1])
+        deadline = time.time() + 10
+        while True:
+            _, body = http_get(d.url("/metrics"))
+            mc = parse_metrics(body.decode())
+            closed = sample(mc, "http_server_request_duration_seconds_count",
+                            service_name="python3", http_route="/until-close",
+                            http_response_status_code=200, server_port=msg_port)
+            aborted = d.metric("sonde_plugin_red_metrics_aborted_total")
+            if (closed, aborted) == (2, 3) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        size = sample(mc, "http_server_response_body_size_bytes_sum", service_name="python3",
+                      http_route="/until-close", server_port=msg_port)
+        if closed != 2 or aborted != 3 or size != 2 * body_len or \
+                d.metric("sonde_plugin_red_metrics_forced_close_total") != 2 or \
+                sample(mc, "http_server_request_duration_seconds_count",
+                       http_route="/hangup") is not None:
+            fail(f"closes: /until-close {closed} of 2 ({size} body bytes, wanted "
+                 f"{2 * body_len}), aborted {aborted} of 3, or a /hangup series")
+        print("ok: 3 requests hung up on counted as aborted and in no series, "
+              "2 answers ended by the close counted whole")
         print(f"ok: python3 {sum(want_py.values())} and nginx {sum(want_ng.values())} "
               f"requests (wrk {wrk_count}) counted exactly")
 
