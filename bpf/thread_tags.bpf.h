@@ -16,11 +16,18 @@
 
 #include "sonde/abi.h"
 
+/* A thread's tag, and the last tag a sample of it carried: the plugin
+ * learns at the tag's end whether any sample may wait for its labels. */
+struct sonde_thread_tag {
+	__u64 tag;
+	__u64 sampled;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, __u64);
+	__type(value, struct sonde_thread_tag);
 } thread_tags SEC(".maps");
 
 /* Task storage is reached from the task, and another thread's task is not
@@ -39,40 +46,50 @@ struct {
  * or the storage was busy on this CPU). */
 static __always_inline long sonde_thread_tag_set(__u64 tag)
 {
-	__u64 *cur = bpf_task_storage_get(&thread_tags, bpf_get_current_task_btf(), 0,
-					  BPF_LOCAL_STORAGE_GET_F_CREATE);
+	struct sonde_thread_tag *t = bpf_task_storage_get(&thread_tags, bpf_get_current_task_btf(),
+							  0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	if (!cur)
+	if (!t)
 		return -12; /* ENOMEM */
-	*cur = tag;
+	t->tag = tag;
 	return 0;
 }
 
 /* Ends tag, set on thread tid, if that thread still carries it (another
- * may have replaced it). */
-static __always_inline void sonde_thread_tag_end(__u32 tid, __u64 tag)
+ * may have replaced it). 1 when a sample may carry tag (always, when
+ * another thread ends it: its storage is out of reach), else 0. */
+static __always_inline int sonde_thread_tag_end(__u32 tid, __u64 tag)
 {
-	__u64 *cur;
+	volatile struct sonde_thread_tag *t;
 
 	if (tid != (__u32)bpf_get_current_pid_tgid()) {
 		bpf_map_update_elem(&thread_tags_ended, &tid, &tag, BPF_ANY);
-		return;
+		return 1;
 	}
-	cur = bpf_task_storage_get(&thread_tags, bpf_get_current_task_btf(), 0, 0);
-	if (cur && *cur == tag)
-		*cur = 0;
+	t = bpf_task_storage_get(&thread_tags, bpf_get_current_task_btf(), 0, 0);
+	if (!t)
+		return 0;
+	/* the tag goes before sampled is read: a sample taken in between
+	 * (the sampler interrupts this program on this CPU) carries no tag */
+	if (t->tag == tag)
+		t->tag = 0;
+	return t->sampled == tag;
 }
 
-/* The current thread's tag (its tid is tid); 0 none. */
+/* The current thread's tag (its tid is tid), for its sample; 0 none. */
 static __always_inline __u64 sonde_thread_tag(__u32 tid)
 {
-	__u64 *cur = bpf_task_storage_get(&thread_tags, bpf_get_current_task_btf(), 0, 0);
-	__u64 tag = cur ? *cur : 0, *ended;
+	volatile struct sonde_thread_tag *t =
+		bpf_task_storage_get(&thread_tags, bpf_get_current_task_btf(), 0, 0);
+	__u64 tag = t ? t->tag : 0, *ended;
 
 	if (!tag)
 		return 0;
 	ended = bpf_map_lookup_elem(&thread_tags_ended, &tid);
-	return ended && *ended == tag ? 0 : tag;
+	if (ended && *ended == tag)
+		return 0;
+	t->sampled = tag;
+	return tag;
 }
 
 #endif /* SONDE_THREAD_TAGS_BPF_H */

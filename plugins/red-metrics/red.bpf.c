@@ -251,9 +251,10 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 {
 	struct red_event *ev;
 	__u64 flags = 0;
+	__u8 sampled = 0;
 
 	if (c->tag_tid) {
-		sonde_thread_tag_end(c->tag_tid, exchange_tag(c));
+		sampled = sonde_thread_tag_end(c->tag_tid, exchange_tag(c));
 		c->tag_tid = 0;
 	}
 	if (wakeup_bytes)
@@ -280,7 +281,7 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 	ev->chunked = c->chunked;
 	ev->client = c->client;
 	ev->family = c->family;
-	ev->pad = 0;
+	ev->sampled = sampled;
 	ev->resp_clen = c->resp_clen;
 	__builtin_memcpy(ev->server_addr, c->daddr, sizeof(ev->server_addr));
 	__builtin_memcpy(ev + 1, c->req, RED_REQ_HEAD);

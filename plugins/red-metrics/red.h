@@ -122,7 +122,7 @@ struct red_event {
 	__u8 chunked;	     /* the response was Transfer-Encoding: chunked */
 	__u8 client;	     /* 1: the watched process was the client (it connected) */
 	__u8 family;	     /* client side: RED_FAMILY_* of server_addr; 0 none */
-	__u8 pad;
+	__u8 sampled;	     /* 1: a CPU sample may carry the exchange's thread tag */
 	__s64 resp_clen;     /* the response's Content-Length; -1 none */
 	__u8 server_addr[16]; /* client side: the server's address, network order (IPv4: the
 				 first 4 bytes; a v4-mapped IPv6 peer is given as IPv4) */

@@ -780,7 +780,7 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 	if (has_path && !agg->hook_off && script_route(agg, &x, req.path)) {
 		agg->stats.dropped_by_script++;
 		/* samples of its thread get no labels, and need not wait for them */
-		if (!x.client)
+		if (ev->sampled)
 			red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, x.method, NULL,
 				      ev->last);
 		if (ev->last > agg->now_ns)
@@ -816,8 +816,10 @@ count:
 	if (ev->last > s->last_ns)
 		s->last_ns = ev->last;
 	/* the method is static and the route interned: both outlive the entry,
-	 * and the series (TTL); ENOMEM only costs the samples their labels */
-	if (!x.client)
+	 * and the series (TTL); ENOMEM only costs the samples their labels.
+	 * Only exchanges a sample may wait for: most requests are never
+	 * sampled, and a put per request was a quarter of sonded's time. */
+	if (ev->sampled)
 		red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, s->method, s->route,
 			      ev->last);
 	/* counted first, so a series that counts now is not dropped first */
