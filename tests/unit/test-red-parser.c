@@ -376,6 +376,9 @@ static char *text;
 
 /* One exchange on fd: request head req read at start_us, status written
  * until last_us, resp_bytes in all of which head_len of head. */
+/* red_event.sampled of the records put(): a CPU sample may wait for them */
+static uint8_t put_sampled = 1;
+
 static void put(uint8_t end, uint32_t fd, uint64_t start_us, uint64_t last_us, const char *req,
 		uint16_t status, uint64_t resp_bytes, uint32_t head_len, int64_t clen)
 {
@@ -397,6 +400,7 @@ static void put(uint8_t end, uint32_t fd, uint64_t start_us, uint64_t last_us, c
 	r.ev.resp_head_len = head_len;
 	r.ev.resp_clen = clen;
 	r.ev.len = (uint16_t)len;
+	r.ev.sampled = put_sampled;
 	memcpy(r.data, req, len);
 	/* BPF always sends the whole record, len says what is meaningful */
 	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
@@ -783,6 +787,13 @@ static void test_agg_patterns_ttl(void **state)
 	assert_int_equal(st->route_overflow, 2);
 	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "_OTHER",
 								     "}") " 1");
+	/* an exchange no sample can wait for is counted, not remembered */
+	put_sampled = 0;
+	get(102 * SEC, "/x");
+	put_sampled = 1;
+	has_line("http_server_request_duration_seconds_count" SERIES("GET", "200", "/x", "}") " 2");
+	assert_false(sonde_red_agg__exchange(agg, 100, 102 * SEC * 1000, &method, &route));
+	assert_true(sonde_red_agg__exchange(agg, 100, 101 * SEC * 1000, &method, &route));
 }
 
 /* A fake on_http_route: renames /users/N (route /users/ and a star) to /users/{id}, drops /ok, fails
