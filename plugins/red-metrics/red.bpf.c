@@ -18,6 +18,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "red.h"
+#include "red_frame.bpf.h"
 #include "thread_tags.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -156,12 +157,6 @@ enum io_op {
 	IO_RXV = 6,  /* readv: buf is the iovec array */
 	IO_RXM = 7,  /* recvmsg: buf is a struct user_msghdr, flags the third argument */
 	IO_TXM = 8,  /* sendmsg: buf is a struct user_msghdr */
-};
-
-/* A response head being searched (too big for the BPF stack); the slack
- * lets a header name be compared at any offset without a bounds check. */
-struct resp_buf {
-	__u8 b[RED_RESP_SCAN + 32];
 };
 
 /* Also where adopt() builds a connection. */
@@ -597,91 +592,6 @@ int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 	return 0;
 }
 
-/* A request line starts with a method token (1..15 of A-Z, '-', '_') and a
- * space; userspace checks the rest and maps unknown methods to _OTHER. */
-static __always_inline int is_request(const __u8 *p)
-{
-	int i;
-
-	for (i = 0; i < 16; i++) {
-		if (p[i] == ' ')
-			return i > 0;
-		if ((p[i] < 'A' || p[i] > 'Z') && p[i] != '-' && p[i] != '_')
-			return 0;
-	}
-	return 0;
-}
-
-static __always_inline int is_response(const __u8 *p)
-{
-	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' &&
-	       p[5] == '1' && p[6] == '.' && p[8] == ' ' && p[9] >= '1' && p[9] <= '9' &&
-	       p[10] >= '0' && p[10] <= '9' && p[11] >= '0' && p[11] <= '9';
-}
-
-/* What the search of a response head found. */
-struct scan {
-	__u32 n;	/* bytes in the scratch buffer */
-	__u32 head_len; /* through the blank line; 0 not found */
-	__u32 clen_at;	/* where Content-Length's value starts; 0 none */
-	__u32 chunked;
-};
-
-#define ONES  0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-#define LOWER 0x2020202020202020ULL /* ASCII letters to lower case; '-' and ':' stay */
-
-/* Looks at the header line starting at p: 1 at the blank line that ends
- * the head. A global function: verified once, not once per call site of
- * the loop below. */
-__noinline int scan_line(struct scan *s, struct resp_buf *rb, __u32 p)
-{
-	__u64 a, b;
-
-	if (!s || !rb)
-		return 1;
-	p &= RED_RESP_SCAN - 1;
-	if (rb->b[p] == '\r' || rb->b[p] == '\n') {
-		s->head_len = p + (rb->b[p] == '\r' ? 2 : 1);
-		if (s->head_len > s->n)
-			s->head_len = 0;
-		return 1;
-	}
-	a = *(const __u64 *)(rb->b + p) | LOWER;
-	b = *(const __u64 *)(rb->b + p + 8) | LOWER;
-	if (a == 0x2d746e65746e6f63ULL /* "content-" */ &&
-	    (b & 0xffffffffffffffULL) == 0x3a6874676e656cULL /* "length:" */)
-		s->clen_at = p + 15; /* parsed once the loop is over */
-	else if (a == 0x726566736e617274ULL /* "transfer" */ &&
-		 b == 0x6e69646f636e652dULL /* "-encodin" */)
-		s->chunked = 1; /* a response's only transfer coding is chunked, in practice */
-	return 0;
-}
-
-/* Finds the header lines of the head in rb (s->n bytes), 8 bytes at a
- * time: most words of a head hold no '\n'. */
-static __always_inline void scan_head(struct scan *s, struct resp_buf *rb)
-{
-	__u32 w, k, o;
-	__u64 x, y;
-
-	for (w = 0; w < RED_RESP_SCAN / 8; w++) {
-		o = w * 8;
-		if (o >= s->n)
-			return;
-		x = *(const __u64 *)(rb->b + o);
-		y = x ^ (ONES * '\n');
-		if (!((y - ONES) & ~y & HIGHS))
-			continue;
-		for (k = 0; k < 8; k++) {
-			if (((x >> (8 * k)) & 0xff) != '\n')
-				continue;
-			if (o + k + 1 >= s->n || scan_line(s, rb, o + k + 1))
-				return;
-		}
-	}
-}
-
 /* The head of a request (its first bytes) says HEAD: no response body. */
 static __always_inline int is_head_req(const struct red_conn *c)
 {
@@ -696,11 +606,10 @@ static __always_inline int is_head_req(const struct red_conn *c)
  * pipelined requests written after it. */
 __noinline int start_response(struct red_conn *c, __u64 data, __u64 avail, __u64 ret)
 {
-	struct scan s = {};
+	struct head_frame f = {};
 	struct resp_buf *rb;
-	__u32 zero = 0, n, i, at, digits = 0;
-	__s64 body, clen = 0;
-	__u16 status;
+	__u32 zero = 0, n;
+	__s64 body;
 
 	if (!c)
 		return 0;
@@ -708,43 +617,21 @@ __noinline int start_response(struct red_conn *c, __u64 data, __u64 avail, __u64
 	if (!rb)
 		return 0;
 	n = avail < RED_RESP_SCAN ? (__u32)avail : RED_RESP_SCAN;
-	if (n < 12 || bpf_probe_read_user(rb->b, n, (const void *)data) || !is_response(rb->b))
+	if (n < 12 || bpf_probe_read_user(rb->b, n, (const void *)data) ||
+	    !frame_response(rb, n, &f))
 		return 0;
-	status = (rb->b[9] - '0') * 100 + (rb->b[10] - '0') * 10 + (rb->b[11] - '0');
-	if (status < 200 && status != 101)
-		return 0; /* 100 Continue and friends: the final response follows */
-	/* zeros after the data, so a header cut by the end reads as cut */
-	*(__u64 *)(rb->b + n) = 0;
-	*(__u64 *)(rb->b + n + 8) = 0;
-	*(__u64 *)(rb->b + n + 16) = 0;
-	*(__u64 *)(rb->b + n + 24) = 0;
-	s.n = n;
-	scan_head(&s, rb);
-	at = s.clen_at & (RED_RESP_SCAN - 1);
-	for (i = 0; s.clen_at && i < 20; i++) {
-		__u8 c = rb->b[at + i];
-
-		if (c == ' ' && !digits)
-			continue;
-		if (c < '0' || c > '9')
-			break;
-		clen = clen * 10 + (c - '0');
-		digits++;
-	}
-	if (!digits)
-		clen = -1;
-	c->status = status;
-	c->resp_head_len = s.head_len;
-	c->resp_clen = clen;
-	c->chunked = s.chunked;
+	c->status = f.status;
+	c->resp_head_len = f.head_len;
+	c->resp_clen = f.clen;
+	c->chunked = f.chunked;
 	c->resp_bytes = ret;
-	if (is_head_req(c) || status == 204 || status == 304 || status == 101)
+	if (is_head_req(c) || f.status == 204 || f.status == 304 || f.status == 101)
 		body = 0;
-	else if (!s.chunked)
-		body = clen; /* -1: delimited by the close */
+	else if (!f.chunked)
+		body = f.clen; /* -1: delimited by the close */
 	else
 		body = -1;
-	c->resp_expect = s.head_len && body >= 0 ? (__s64)s.head_len + body : -1;
+	c->resp_expect = f.head_len && body >= 0 ? (__s64)f.head_len + body : -1;
 	c->state = RED_CONN_IN_RESP;
 	return 1;
 }
@@ -813,64 +700,6 @@ static __always_inline struct red_conn *child_conn(struct conn_key *key)
 		return NULL;
 	key->fd = k.fd; /* the record names the connection's fd */
 	return c;
-}
-
-/* The first RED_REQ_HEAD bytes of a request head, as global functions take them. */
-struct req_bytes {
-	__u8 b[RED_REQ_HEAD];
-};
-
-/* Where the head in h (its first n bytes) ends: the offset after its
- * blank line, 0 when that is not within n. 8 bytes at a time, as
- * scan_head; global, so verified once. */
-__noinline int head_end(const struct req_bytes *h, __u32 n)
-{
-	__u32 w, k, i;
-	__u64 x, y;
-
-	if (!h)
-		return 0;
-	for (w = 0; w < RED_REQ_HEAD / 8; w++) {
-		if (w * 8 >= n)
-			return 0;
-		x = *(const __u64 *)(h->b + w * 8);
-		y = x ^ (ONES * '\n');
-		if (!((y - ONES) & ~y & HIGHS))
-			continue;
-		for (k = 0; k < 8; k++) {
-			i = w * 8 + k;
-			if (((x >> (8 * k)) & 0xff) != '\n' || i >= n || i < 3)
-				continue;
-			if (h->b[i - 1] == '\n' ||
-			    (h->b[i - 1] == '\r' && h->b[i - 2] == '\n' && h->b[i - 3] == '\r'))
-				return (int)i + 1;
-		}
-	}
-	return 0;
-}
-
-/* Whether h (n bytes) starts with a whole request line ending in
- * " HTTP/1.x": asked of a head that is to wait in the pipeline queue, as
- * a body can start like a method token. */
-__noinline int request_line_ok(const struct req_bytes *h, __u32 n)
-{
-	__u32 i, e;
-
-	if (!h)
-		return 0;
-	for (i = 10; i < RED_REQ_HEAD; i++) {
-		if (i >= n)
-			return 0;
-		if (h->b[i] != '\n')
-			continue;
-		e = i;
-		if (h->b[i - 1] == '\r')
-			e = i - 1;
-		return h->b[e - 9] == ' ' && h->b[e - 8] == 'H' && h->b[e - 7] == 'T' &&
-		       h->b[e - 6] == 'T' && h->b[e - 5] == 'P' && h->b[e - 4] == '/' &&
-		       h->b[e - 3] == '1' && h->b[e - 2] == '.';
-	}
-	return 0;
 }
 
 /* Queues the request head at data (avail bytes there) behind the one in
