@@ -124,8 +124,13 @@ __noinline int frame_response(struct resp_buf *rb, __u64 n, struct head_frame *f
 	__u16 status;
 
 	/* n is 64 bits: a 32-bit one is bounds-checked in its subregister and
-	 * then zero-extended into a register the verifier knows nothing of */
-	if (!rb || !f || n < 12 || n > RED_RESP_SCAN || !is_response(rb->b))
+	 * then zero-extended into a register the verifier knows nothing of.
+	 * The two bounds apart: folded into one test of n - 12, they leave n
+	 * itself unbounded for 6.1's verifier. */
+	if (!rb || !f || n > RED_RESP_SCAN)
+		return 0;
+	barrier_var(n);
+	if (n < 12 || !is_response(rb->b))
 		return 0;
 	status = (rb->b[9] - '0') * 100 + (rb->b[10] - '0') * 10 + (rb->b[11] - '0');
 	if (status < 200 && status != 101)
