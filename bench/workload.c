@@ -12,7 +12,8 @@
  *
  * The work sits a few calls deep behind functions that are never inlined and
  * built with frame pointers, so a profiler that walks stacks has real frames
- * to walk, as in a service. It prints one checksum line (a XOR over chunks, so
+ * to walk, as in a service; -d adds that many more frames (a service's
+ * stack is often tens of frames deep, and a walker's cost grows with it). It prints one checksum line (a XOR over chunks, so
  * independent of which thread did which) so the compiler cannot drop the work
  * and a reader can check that two runs did the same thing.
  */
@@ -37,6 +38,7 @@ struct work {
 	atomic_uint_fast64_t next_chunk;
 	uint64_t chunks;
 	uint64_t last_chunk_len; /* the last chunk may be short */
+	uint64_t depth;		 /* frames added above run() */
 };
 
 struct worker {
@@ -78,6 +80,16 @@ static __attribute__((noinline)) uint64_t run(uint64_t seed, uint64_t iterations
 	return x;
 }
 
+/* depth more frames, then the work. */
+static __attribute__((noinline)) uint64_t descend(uint64_t depth, uint64_t seed, uint64_t iterations)
+{
+	uint64_t x = depth ? descend(depth - 1, seed, iterations) : run(seed, iterations);
+
+	/* Keeps the call from being a tail call, so the frame stays on the stack. */
+	__asm__ volatile("" : "+r"(x));
+	return x;
+}
+
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
@@ -87,7 +99,7 @@ static void *worker_main(void *arg)
 	while ((c = atomic_fetch_add(&work->next_chunk, 1)) < work->chunks) {
 		uint64_t len = c == work->chunks - 1 ? work->last_chunk_len : CHUNK;
 
-		w->result ^= run(c + 1, len);
+		w->result ^= descend(work->depth, c + 1, len);
 	}
 	return NULL;
 }
@@ -95,10 +107,11 @@ static void *worker_main(void *arg)
 static void usage(FILE *out)
 {
 	fprintf(out,
-		"usage: workload [-t THREADS] [-n ITERATIONS]\n"
+		"usage: workload [-t THREADS] [-n ITERATIONS] [-d DEPTH]\n"
 		"Runs THREADS x ITERATIONS rounds of a hash loop, shared out in chunks\n"
 		"among THREADS threads (default: one per online CPU, %llu iterations),\n"
-		"and prints a checksum.\n",
+		"DEPTH frames (default 0, at most 1000) deeper than it would be, and\n"
+		"prints a checksum.\n",
 		(unsigned long long)DEFAULT_ITERATIONS);
 }
 
@@ -125,8 +138,16 @@ int main(int argc, char **argv)
 	int opt, err, ret = 1;
 
 	threads = online > 0 ? (uint64_t)online : 1;
-	while ((opt = getopt(argc, argv, "t:n:h")) != -1) {
+	while ((opt = getopt(argc, argv, "t:n:d:h")) != -1) {
 		switch (opt) {
+		case 'd':
+			if (!strcmp(optarg, "0")) {
+				work.depth = 0;
+			} else if (parse_u64(optarg, &work.depth) || work.depth > 1000) {
+				fprintf(stderr, "workload: bad depth '%s'\n", optarg);
+				return 2;
+			}
+			break;
 		case 't':
 			if (parse_u64(optarg, &threads) || threads > 4096) {
 				fprintf(stderr, "workload: bad thread count '%s'\n", optarg);
