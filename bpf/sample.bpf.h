@@ -189,21 +189,21 @@ struct sonde_fp_walk {
 static long sonde_fp_step(__u32 i, void *ctx)
 {
 	struct sonde_fp_walk *w = ctx;
-	__u64 next, ra;
+	struct sonde_frame_record rec;
 	__u32 k = w->k;
 
 	if (w->bp < w->sp || (w->bp & 7))
 		return 1;
-	if (sonde_read_stack(w->win, w->bp, &next) || sonde_read_stack(w->win, w->bp + 8, &ra) ||
-	    !ra)
+	if (sonde_read_frame_record(w->win, w->bp, &rec) || !rec.ra)
 		return 1;
-	if (k - w->s->kstack_len >= SONDE_MAX_USTACK || sonde_put_frame(w->s, k, ra)) {
+	if (k - w->s->kstack_len >= SONDE_MAX_USTACK || k >= SONDE_MAX_FRAMES) {
 		w->truncated = 1;
 		return 1;
 	}
+	w->s->frames[k] = rec.ra; /* inline: k is unknown here at every step */
 	w->k = k + 1;
 	w->sp = w->bp + 16;
-	w->bp = next;
+	w->bp = rec.bp;
 	return 0;
 }
 

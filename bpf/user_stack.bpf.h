@@ -73,6 +73,43 @@ __noinline int sonde_read_stack(struct sonde_stack_window *win, __u64 addr, __u6
 	return 0;
 }
 
+/* A frame record: the caller's rbp, then the return address. */
+struct sonde_frame_record {
+	__u64 bp, ra;
+};
+
+/* The frame record at addr, into *out, through the window as
+ * sonde_read_stack(). 0, or -1 when addr cannot be read. Inlined into a
+ * bpf_loop callback (whose state starts unknown at every step, so its
+ * masked offsets do not multiply the states): a call per frame costs more
+ * than the read (bench/bpf-cost --depths). */
+static __always_inline int sonde_read_frame_record(struct sonde_stack_window *win, __u64 addr,
+						   struct sonde_frame_record *out)
+{
+	__u64 start, off;
+
+	if (!win || !out)
+		return -1;
+	if (addr & 7)
+		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
+	if (!win->base || addr < win->base || addr + 16 > win->base + SONDE_STACK_WINDOW) {
+		start = (addr | (SONDE_PAGE_SIZE - 1)) + 1 - SONDE_STACK_WINDOW;
+		if (start > addr)
+			start = addr;
+		if (start + SONDE_STACK_WINDOW < addr + 16 ||
+		    bpf_probe_read_user(win->bytes, SONDE_STACK_WINDOW, (void *)start)) {
+			/* the record straddles a page end, or the window is not readable */
+			win->base = 0;
+			return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
+		}
+		win->base = start;
+	}
+	off = (addr - win->base) & (SONDE_STACK_WINDOW - 1);
+	out->bp = *(__u64 *)&win->bytes[off];
+	out->ra = *(__u64 *)&win->bytes[(off + 8) & (SONDE_STACK_WINDOW - 1)];
+	return 0;
+}
+
 struct sonde_user_regs {
 	__u64 ip, sp, bp;
 };
