@@ -185,12 +185,11 @@ struct sonde_fp_walk {
 
 /* One frame record: [rbp] is the caller's rbp, [rbp + 8] the return
  * address. The walk ends where rbp stops pointing up the stack (a record
- * may sit right where the last one ended: rbp == sp). */
-static long sonde_fp_step(__u32 i, void *ctx)
+ * may sit right where the last one ended: rbp == sp). 1 when it ends. */
+static __always_inline int sonde_fp_frame(struct sonde_fp_walk *w)
 {
-	struct sonde_fp_walk *w = ctx;
 	struct sonde_frame_record rec;
-	__u32 k = w->k;
+	__u64 k = w->k; /* 64 bits: checked and used in the same register */
 
 	if (w->bp < w->sp || (w->bp & 7))
 		return 1;
@@ -200,10 +199,27 @@ static long sonde_fp_step(__u32 i, void *ctx)
 		w->truncated = 1;
 		return 1;
 	}
-	w->s->frames[k] = rec.ra; /* inline: k is unknown here at every step */
-	w->k = k + 1;
+	/* inline (k is unknown here at every step), indexed by the k just
+	 * checked, not by an offset the compiler worked out before the check */
+	barrier_var(k);
+	w->s->frames[k] = rec.ra;
+	w->k = (__u32)k + 1;
 	w->sp = w->bp + 16;
 	w->bp = rec.bp;
+	return 0;
+}
+
+#define SONDE_FP_FRAMES_PER_STEP 8
+
+/* SONDE_FP_FRAMES_PER_STEP frames per bpf_loop step: a step's call costs
+ * about what a frame's read does (bench/bpf-cost --depths). */
+static long sonde_fp_step(__u32 i, void *ctx)
+{
+	int j;
+
+	for (j = 0; j < SONDE_FP_FRAMES_PER_STEP; j++)
+		if (sonde_fp_frame(ctx))
+			return 1;
 	return 0;
 }
 
@@ -238,7 +254,8 @@ static __always_inline void sonde_walk_fp(struct bpf_perf_event_data *ctx, struc
 	w.k = k + 1;
 	w.sp = regs.sp;
 	w.bp = regs.bp;
-	bpf_loop(SONDE_MAX_USTACK, sonde_fp_step, &w, 0);
+	bpf_loop((SONDE_MAX_USTACK + SONDE_FP_FRAMES_PER_STEP - 1) / SONDE_FP_FRAMES_PER_STEP,
+		 sonde_fp_step, &w, 0);
 	s->ustack_len = w.k - s->kstack_len;
 	if (w.truncated) {
 		s->flags |= SONDE_SAMPLE_USTACK_TRUNCATED;
