@@ -41,11 +41,35 @@ static __always_inline struct sonde_stack_window *sonde_stack_window(void)
 }
 
 /*
- * The word of user stack at addr, into *out, from the window. A miss
- * refills it with the SONDE_STACK_WINDOW bytes from addr, or those ending
- * at the end of addr's page when that comes first: the page above may not
- * be mapped, and a faulting read costs more than it saves. 0, or -1 when
- * addr cannot be read.
+ * Whether the window holds the len bytes at addr, refilling it when it does
+ * not with the SONDE_STACK_WINDOW bytes from addr, or those ending at the
+ * end of addr's page when that comes first: the page above may not be
+ * mapped, and a faulting read costs more than it saves. 0 when the bytes
+ * cannot come from the window (they straddle a page end, or the window
+ * could not be read): the caller reads them alone.
+ */
+static __always_inline int sonde_window_holds(struct sonde_stack_window *win, __u64 addr,
+					      __u64 len)
+{
+	__u64 start;
+
+	if (win->base && addr >= win->base && addr + len <= win->base + SONDE_STACK_WINDOW)
+		return 1;
+	start = (addr | (SONDE_PAGE_SIZE - 1)) + 1 - SONDE_STACK_WINDOW;
+	if (start > addr)
+		start = addr;
+	if (start + SONDE_STACK_WINDOW < addr + len ||
+	    bpf_probe_read_user(win->bytes, SONDE_STACK_WINDOW, (void *)start)) {
+		win->base = 0;
+		return 0;
+	}
+	win->base = start;
+	return 1;
+}
+
+/*
+ * The word of user stack at addr, into *out, from the window. 0, or -1
+ * when addr cannot be read.
  *
  * Global, so the verifier checks it once: inlined into a walk, the masked
  * window offsets would be tracked precisely through every step and the
@@ -53,22 +77,11 @@ static __always_inline struct sonde_stack_window *sonde_stack_window(void)
  */
 __noinline int sonde_read_stack(struct sonde_stack_window *win, __u64 addr, __u64 *out)
 {
-	__u64 start;
-
 	if (!win || !out)
 		return -1;
-	if (addr & 7) /* stack slots are aligned; this one is odd: read it alone */
+	/* stack slots are aligned; an odd one is read alone */
+	if ((addr & 7) || !sonde_window_holds(win, addr, sizeof(*out)))
 		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-	if (!win->base || addr < win->base || addr + 8 > win->base + SONDE_STACK_WINDOW) {
-		start = (addr | (SONDE_PAGE_SIZE - 1)) + 1 - SONDE_STACK_WINDOW;
-		if (start > addr)
-			start = addr;
-		if (bpf_probe_read_user(win->bytes, SONDE_STACK_WINDOW, (void *)start)) {
-			win->base = 0;
-			return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-		}
-		win->base = start;
-	}
 	*out = *(__u64 *)&win->bytes[(addr - win->base) & (SONDE_STACK_WINDOW - 1)];
 	return 0;
 }
@@ -78,32 +91,20 @@ struct sonde_frame_record {
 	__u64 bp, ra;
 };
 
-/* The frame record at addr, into *out, through the window as
- * sonde_read_stack(). 0, or -1 when addr cannot be read. Inlined into a
- * bpf_loop callback (whose state starts unknown at every step, so its
- * masked offsets do not multiply the states): a call per frame costs more
- * than the read (bench/bpf-cost --depths). */
+/* The frame record at addr, into *out, through the window. 0, or -1 when
+ * addr cannot be read. Inlined into a bpf_loop callback (whose state
+ * starts unknown at every step, so its masked offsets do not multiply the
+ * states): a call per frame costs more than the read (bench/bpf-cost
+ * --depths). */
 static __always_inline int sonde_read_frame_record(struct sonde_stack_window *win, __u64 addr,
 						   struct sonde_frame_record *out)
 {
-	__u64 start, off;
+	__u64 off;
 
 	if (!win || !out)
 		return -1;
-	if (addr & 7)
+	if ((addr & 7) || !sonde_window_holds(win, addr, sizeof(*out)))
 		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-	if (!win->base || addr < win->base || addr + 16 > win->base + SONDE_STACK_WINDOW) {
-		start = (addr | (SONDE_PAGE_SIZE - 1)) + 1 - SONDE_STACK_WINDOW;
-		if (start > addr)
-			start = addr;
-		if (start + SONDE_STACK_WINDOW < addr + 16 ||
-		    bpf_probe_read_user(win->bytes, SONDE_STACK_WINDOW, (void *)start)) {
-			/* the record straddles a page end, or the window is not readable */
-			win->base = 0;
-			return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-		}
-		win->base = start;
-	}
 	off = (addr - win->base) & (SONDE_STACK_WINDOW - 1);
 	out->bp = *(__u64 *)&win->bytes[off];
 	out->ra = *(__u64 *)&win->bytes[(off + 8) & (SONDE_STACK_WINDOW - 1)];
