@@ -226,14 +226,14 @@ static __always_inline __u64 exchange_tag(const struct red_conn *c)
 }
 
 /* The current thread works on c's exchange from now on: its samples carry
- * the exchange's tag. Server side only, and not in forked children (their
- * samples' pid is not the service's, which the record carries). */
+ * the exchange's tag. Server side only; in a forked child too (the record
+ * names the child in tag_tgid, as its samples do). */
 static __always_inline void tag_thread(struct red_conn *c, const struct conn_key *key)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	c->tag_tid = 0;
-	if (!tag_provider || c->client || key->tgid != c->svc)
+	if (!tag_provider || c->client)
 		return;
 	if (!sonde_thread_tag_set(exchange_tag(c)))
 		c->tag_tid = tid;
@@ -246,10 +246,12 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 {
 	struct red_event *ev;
 	__u64 flags = 0;
+	__u32 tag_tgid = 0;
 	__u8 sampled = 0;
 
 	if (c->tag_tid) {
 		sampled = sonde_thread_tag_end(c->tag_tid, exchange_tag(c));
+		tag_tgid = key->tgid;
 		c->tag_tid = 0;
 	}
 	if (wakeup_bytes)
@@ -277,6 +279,8 @@ static __always_inline void emit(struct red_conn *c, const struct conn_key *key,
 	ev->client = c->client;
 	ev->family = c->family;
 	ev->sampled = sampled;
+	ev->tag_tgid = tag_tgid;
+	ev->pad2 = 0;
 	ev->resp_clen = c->resp_clen;
 	__builtin_memcpy(ev->server_addr, c->daddr, sizeof(ev->server_addr));
 	__builtin_memcpy(ev + 1, c->req, RED_REQ_HEAD);

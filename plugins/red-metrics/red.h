@@ -50,8 +50,8 @@ enum red_family {
  * Request-scoped profiles: while a server thread handles an exchange, its
  * entry in the core's thread_tags map (bpf/thread_tags.bpf.h) is the id the
  * host gave the plugin in the top byte and the exchange's start below
- * (RED_TAG_MASK of red_event.start); userspace turns it back into the
- * exchange's method and route.
+ * (RED_TAG_MASK of red_event.start); userspace turns (red_event.tag_tgid,
+ * tag) back into the exchange's method and route.
  */
 #define RED_TAG_MASK ((1ULL << 56) - 1)
 
@@ -126,8 +126,11 @@ struct red_event {
 	__s64 resp_clen;     /* the response's Content-Length; -1 none */
 	__u8 server_addr[16]; /* client side: the server's address, network order (IPv4: the
 				 first 4 bytes; a v4-mapped IPv6 peer is given as IPv4) */
+	__u32 tag_tgid;	     /* the process whose thread carried the exchange's tag (tgid, or
+				a forked child of it); 0 none */
+	__u32 pad2;
 			     /* followed by len bytes: the request head */
 };
-_Static_assert(sizeof(struct red_event) == 80, "red_event is part of the BPF ABI");
+_Static_assert(sizeof(struct red_event) == 88, "red_event is part of the BPF ABI");
 
 #endif /* SONDE_RED_H */

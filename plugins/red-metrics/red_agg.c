@@ -781,8 +781,8 @@ int sonde_red_agg__event(struct sonde_red_agg *agg, const void *rec, size_t size
 		agg->stats.dropped_by_script++;
 		/* samples of its thread get no labels, and need not wait for them */
 		if (ev->sampled)
-			red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, x.method, NULL,
-				      ev->last);
+			red_tags__put(agg->tags, ev->tag_tgid, ev->start & RED_TAG_MASK, x.method,
+				      NULL, ev->last);
 		if (ev->last > agg->now_ns)
 			agg->now_ns = ev->last;
 		return 0;
@@ -820,8 +820,8 @@ count:
 	 * Only exchanges a sample may wait for: most requests are never
 	 * sampled, and a put per request was a quarter of sonded's time. */
 	if (ev->sampled)
-		red_tags__put(agg->tags, x.tgid, ev->start & RED_TAG_MASK, s->method, s->route,
-			      ev->last);
+		red_tags__put(agg->tags, ev->tag_tgid, ev->start & RED_TAG_MASK, s->method,
+			      s->route, ev->last);
 	/* counted first, so a series that counts now is not dropped first */
 	if (ev->last > agg->now_ns)
 		agg->now_ns = ev->last;

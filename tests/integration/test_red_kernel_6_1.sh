@@ -3,7 +3,8 @@
 # red-metrics under Debian 12's own 6.1 kernel (qemu): inside the guest,
 # busybox's httpd serves and its wget fetches an exact number of pages
 # (tests/fixtures/red/guest-httpd.sh); sonded must count every one, by route
-# and status, from the same CO-RE object built against this machine's kernel.
+# and status, from the same CO-RE object built against this machine's kernel,
+# and tag every request's thread (task storage) for the profiles.
 set -u
 skip() {
 	if [ "${CI:-}" = true ]; then echo "FAIL: would skip under CI=true: $1"; exit 1; fi
@@ -32,4 +33,8 @@ got_ok=$(count /index.html 200)
 got_missing=$(count /missing 404)
 [ "$got_ok" = $ok ] || { echo "FAIL: /index.html 200: $got_ok counted, $ok fetched"; exit 1; }
 [ "$got_missing" = $missing ] || { echo "FAIL: /missing 404: $got_missing counted, $missing fetched"; exit 1; }
-echo "ok: under $(echo "$out" | sed -n 's/.*guest kernel //p'), busybox httpd's $ok + $missing requests counted exactly"
+# Each request's thread (httpd's forked child) was tagged for the profiles:
+# task storage made under this kernel too.
+untagged=$(echo "$out" | sed -n 's/^sonde_plugin_red_metrics_untagged_threads_total \([0-9]*\)$/\1/p')
+[ "$untagged" = 0 ] || { echo "FAIL: $untagged requests' threads not tagged (want 0)"; exit 1; }
+echo "ok: under $(echo "$out" | sed -n 's/.*guest kernel //p'), busybox httpd's $ok + $missing requests counted exactly, every thread tagged"

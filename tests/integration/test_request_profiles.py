@@ -12,6 +12,8 @@ and unwind-python on the server:
   ?http_route=/orders the reverse, each sample labeled with its route and
   method GET;
 - the unfiltered profile of the same time holds both;
+- a server that forks a child per connection (busy_server.py --forking)
+  gets its child's samples labeled the same way;
 - a request answered by another thread than the one that read it (the
   server's /handoff) leaves no label behind: the reading thread's work
   after the answer (after_handoff) carries no http_route;
@@ -50,7 +52,7 @@ end)
 """)
 
 
-def hammer(port, path, stop, counts):
+def hammer(port, path, stop, counts, key=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     n = 0
     while not stop.is_set():
@@ -61,7 +63,7 @@ def hammer(port, path, stop, counts):
             fail(f"{path}: status {r.status}")
         n += 1
     conn.close()
-    counts[path] = n
+    counts[key or path] = n
 
 
 def functions(profile, sample):
@@ -71,12 +73,18 @@ def functions(profile, sample):
 with Sonded("--script", script, "--plugin-dir", os.path.join(build_dir(), "plugins"),
             hz=499) as d:
     server = subprocess.Popen([PYTHON, server_py], stdout=subprocess.PIPE, text=True)
+    forking = subprocess.Popen([PYTHON, server_py, "--forking"], stdout=subprocess.PIPE,
+                               text=True)
     try:
         port = int(server.stdout.readline().split()[1])
+        fork_port = int(forking.stdout.readline().split()[1])
         stop = threading.Event()
         counts = {}
         clients = [threading.Thread(target=hammer, args=(port, p, stop, counts))
                    for p in ("/users/{n}", "/orders", "/handoff")]
+        clients.append(threading.Thread(target=hammer,
+                                        args=(fork_port, "/users/{n}", stop, counts),
+                                        kwargs={"key": "forked /users/{n}"}))
         for c in clients:
             c.start()
         time.sleep(1)  # the server's threads are up and sampled
@@ -93,9 +101,10 @@ with Sonded("--script", script, "--plugin-dir", os.path.join(build_dir(), "plugi
 
         route = urllib.parse.quote("/users/*", safe="")
         fetchers = [threading.Thread(target=fetch, args=a) for a in (
-            ("users", f"&http_route={route}"), ("orders", "&http_route=%2Forders"),
+            ("users", f"&http_route={route}&pid={server.pid}"),
+            ("orders", "&http_route=%2Forders"),
             ("orders_get", "&http_route=%2Forders&http_request_method=GET"),
-            ("all", f"&pid={server.pid}"))]
+            ("all", f"&pid={server.pid}"), ("forked", f"&http_route={route}&comm=python3.11"))]
         for t in fetchers:
             t.start()
         for t in fetchers:
@@ -107,8 +116,9 @@ with Sonded("--script", script, "--plugin-dir", os.path.join(build_dir(), "plugi
         _, metrics = http_get(d.url("/metrics"))
         metrics = metrics.decode()
     finally:
-        server.kill()
-        server.wait()
+        for p in (server, forking):
+            p.kill()
+            p.wait()
 
 print(f"ok: {counts['/users/{n}']} /users, {counts['/orders']} /orders and "
       f"{counts['/handoff']} /handoff requests served")
@@ -141,6 +151,16 @@ if got["orders_get"].total() != got["orders_get"].total(http_request_method="GET
         got["orders_get"].total() < MIN_SAMPLES:
     fail(f"?http_route=/orders&http_request_method=GET: {got['orders_get'].total()} samples")
 print(f"ok: the unfiltered profile holds both routes' work and labels {sorted(r for r in routes if r)}")
+
+child = [s for s in got["forked"].samples
+         if s["labels"].get("pid") not in (str(server.pid), str(forking.pid))]
+child_work = sum(s["count"] for s in child if "users_work" in functions(got["forked"], s))
+if child_work < MIN_SAMPLES or any(s["labels"].get("http_route") != "/users/*" for s in child):
+    fail(f"the forking server's children: {child_work} samples in users_work, labels "
+         f"{sorted({s['labels'].get('http_route') for s in child}, key=str)}")
+print(f"ok: ?http_route=/users/* holds {child_work} samples of users_work in the forking "
+      f"server's child (pids {sorted({s['labels']['pid'] for s in child})}), "
+      f"{counts['forked /users/{n}']} requests")
 
 after = [s for s in got["all"].samples if "after_handoff" in functions(got["all"], s)]
 if sum(s["count"] for s in after) < MIN_SAMPLES // 2:

@@ -401,6 +401,7 @@ static void put(uint8_t end, uint32_t fd, uint64_t start_us, uint64_t last_us, c
 	r.ev.resp_clen = clen;
 	r.ev.len = (uint16_t)len;
 	r.ev.sampled = put_sampled;
+	r.ev.tag_tgid = put_sampled ? 100 : 0; /* the server's own thread */
 	memcpy(r.data, req, len);
 	/* BPF always sends the whole record, len says what is meaningful */
 	assert_int_equal(sonde_red_agg__event(agg, &r, sizeof(r)), 0);
