@@ -545,29 +545,17 @@ SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 {
 	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
-	struct task_struct *task;
-	struct file **fds, *f = NULL;
-	struct fdtable *fdt;
 	struct red_conn c = {};
-	struct socket *sock;
 	__u32 v4, v6[4];
 	struct sock *sk;
 	__u16 family;
 
 	if ((ctx->ret && ctx->ret != -RED_EINPROGRESS) || !watched(key.tgid))
 		return 0;
-	task = bpf_get_current_task_btf();
-	key.fd = (__u32)PT_REGS_PARM1_CORE_SYSCALL((struct pt_regs *)bpf_task_pt_regs(task));
-	fdt = BPF_CORE_READ(task, files, fdt);
-	fds = BPF_CORE_READ(fdt, fd);
-	if (key.fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[key.fd]);
-	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & RED_S_IFMT) != RED_S_IFSOCK)
-		return 0;
-	sock = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(sock, sk);
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(
+		(struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()));
+	sk = sock_of(key.fd);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family == RED_AF_INET) {
