@@ -21,16 +21,7 @@
 #include <lauxlib.h>
 
 #include "lua_msgpack.h"
-
-#define CHECK(cond)                                                                       \
-	do {                                                                              \
-		if (!(cond)) {                                                            \
-			fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, #cond);        \
-			abort();                                                          \
-		}                                                                         \
-	} while (0)
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static bool same(const msgpack_object *a, const msgpack_object *b);
 

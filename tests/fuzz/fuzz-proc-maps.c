@@ -13,8 +13,7 @@
 #include <unistd.h>
 
 #include "proc.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 static void put(const char *dir, const char *name, const void *data, size_t len)
 {
