@@ -5,6 +5,8 @@ profile: shared by test_unwind_python and test_unwind_python_versions."""
 import os
 import re
 
+from sondetest import fail
+
 
 def marks(path, pattern):
     """{mark: line} of the lines of path holding `pattern` (a regex with one
@@ -56,3 +58,20 @@ def matches(frames, want):
 def show(want):
     leaf = want[0]
     return f"{' <- '.join(f for f, _, _ in want)} ({os.path.basename(leaf[1])}:{leaf[2]})"
+
+
+def check_chain(profile, samples, key, want, minimum):
+    """Fails unless at least `minimum` of samples were taken and 95% of them
+    show the Python chain want; the report line otherwise."""
+    good = total = 0
+    bad = []
+    for s in samples:
+        total += s["count"]
+        frames = python_frames(profile, s)
+        if matches(frames, want):
+            good += s["count"]
+        elif len(bad) < 5:
+            bad.append(frames or [f for f, _ in profile.frames(s)][:12])
+    if total < minimum or good < 0.95 * total:
+        fail(f"{key}: {good} of {total} samples show {want}; others: {bad}")
+    return f"{key}: {good}/{total} show {show(want)}"

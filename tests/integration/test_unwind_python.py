@@ -26,7 +26,8 @@ import shutil
 import subprocess
 import time
 
-from pyframes import matches, marks, python_frames, show, want_chain, want_deep
+import pyframes
+from pyframes import matches, marks, python_frames, want_chain, want_deep
 from sondetest import (Profile, Sonded, build_dir, fail, fixture, http_get, require_root, require_tool, scratch_dir, sondectl_path)
 
 require_root()
@@ -168,18 +169,7 @@ report = []
 
 
 def check_chain(key, want, minimum=MIN_SAMPLES):
-    good = total = 0
-    bad = []
-    for s in samples[key]:
-        total += s["count"]
-        frames = python_frames(p, s)
-        if matches(frames, want):
-            good += s["count"]
-        elif len(bad) < 5:
-            bad.append(frames or [f for f, _ in p.frames(s)][:12])
-    if total < minimum or good < 0.95 * total:
-        fail(f"{key}: {good} of {total} samples show {want}; others: {bad}")
-    report.append(f"{key}: {good}/{total} show {show(want)}")
+    report.append(pyframes.check_chain(p, samples[key], key, want, minimum))
 
 
 check_chain("chain", WANT_CHAIN)

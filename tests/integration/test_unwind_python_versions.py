@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 
-from pyframes import matches, python_frames, show, want_chain, want_deep
+from pyframes import check_chain, python_frames, want_chain, want_deep
 from sondetest import (Profile, Sonded, build_dir, fail, http_get, require_root, require_tool,
                        scratch_dir, sondectl_path)
 
@@ -149,21 +149,12 @@ for s in p.samples:
 
 for key in procs:
     m = int(key.split()[0].split(".")[1])
-    good = total = 0
-    bad = []
     if m in SUPPORTED:
         want = WANT_CHAIN if key.endswith("chain") else WANT_DEEP
-        for s in samples[key]:
-            total += s["count"]
-            frames = python_frames(p, s)
-            if matches(frames, want):
-                good += s["count"]
-            elif len(bad) < 5:
-                bad.append(frames or [f for f, _ in p.frames(s)][:12])
-        if total < MIN_SAMPLES or good < 0.95 * total:
-            fail(f"{key}: {good} of {total} samples show {want}; others: {bad}")
-        report.append(f"{key}: {good}/{total} show {show(want)}")
+        report.append(check_chain(p, samples[key], key, want, MIN_SAMPLES))
         continue
+    good = total = 0
+    bad = []
     # declined: no Python frame, the native frames kept: innermost in its
     # libpython, or in the clock_gettime (libc, vDSO) that chain.py's leaf calls
     lib = re.compile(rf"/libpython3\.{m}\.so[.\d]*$")
