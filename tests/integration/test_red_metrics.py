@@ -77,15 +77,21 @@ def sample(metrics, name, without=(), **labels):
     return hits[0] if hits else None
 
 
-def read_response(s, buf):
-    """(status, the bytes after the response) from socket s, buf what was
-    already read from it."""
+def read_head(s, buf, closed):
+    """(a head, the bytes after it) from socket s, buf what was already read
+    from it; fails saying `closed` if the connection ends first."""
     while b"\r\n\r\n" not in buf:
         more = s.recv(65536)
         if not more:
-            fail(f"the connection closed in a response head: {buf!r}")
+            fail(f"{closed}: {buf!r}")
         buf += more
-    head, buf = buf.split(b"\r\n\r\n", 1)
+    return buf.split(b"\r\n\r\n", 1)
+
+
+def read_response(s, buf):
+    """(status, the bytes after the response) from socket s, buf what was
+    already read from it."""
+    head, buf = read_head(s, buf, "the connection closed in a response head")
     lines = head.split(b"\r\n")
     length = int(next(ln.split(b":", 1)[1] for ln in lines[1:]
                       if ln.lower().startswith(b"content-length:")))
@@ -236,12 +242,7 @@ end)
             for _ in range(2):
                 s.sendall(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                           b"Expect: 100-continue\r\n\r\n")
-                while b"\r\n\r\n" not in buf:
-                    more = s.recv(65536)
-                    if not more:
-                        fail(f"no answer to Expect: 100-continue: {buf!r}")
-                    buf += more
-                interim, buf = buf.split(b"\r\n\r\n", 1)
+                interim, buf = read_head(s, buf, "no answer to Expect: 100-continue")
                 if not interim.startswith(b"HTTP/1.1 100"):
                     fail(f"http.server sent no 100 Continue: {interim!r}")
                 status, buf = read_response(s, buf)
