@@ -15,10 +15,13 @@
 #define SONDE_PAGE_SIZE 4096
 #define SONDE_PF_KTHREAD 0x00200000 /* include/linux/sched.h */
 
+#define SONDE_STACK_WINDOW_WORDS (SONDE_STACK_WINDOW / 8)
+
 /* The per-CPU window: SONDE_STACK_WINDOW bytes of user stack from base (0:
- * empty); the 8 bytes past them let a masked offset read a whole word. */
+ * empty), as words: only aligned words are read from it, and a word load
+ * from a byte array is compiled into eight byte loads. */
 struct sonde_stack_window {
-	__u8 bytes[SONDE_STACK_WINDOW + 8];
+	__u64 words[SONDE_STACK_WINDOW_WORDS];
 	__u64 base;
 };
 
@@ -59,12 +62,19 @@ static __always_inline int sonde_window_holds(struct sonde_stack_window *win, __
 	if (start > addr)
 		start = addr;
 	if (start + SONDE_STACK_WINDOW < addr + len ||
-	    bpf_probe_read_user(win->bytes, SONDE_STACK_WINDOW, (void *)start)) {
+	    bpf_probe_read_user(win->words, SONDE_STACK_WINDOW, (void *)start)) {
 		win->base = 0;
 		return 0;
 	}
 	win->base = start;
 	return 1;
+}
+
+/* The index in win->words of the aligned word at addr, which the window
+ * holds; masked for the verifier. Start and addr are both 8-aligned. */
+static __always_inline __u64 sonde_window_word(const struct sonde_stack_window *win, __u64 addr)
+{
+	return ((addr - win->base) / 8) & (SONDE_STACK_WINDOW_WORDS - 1);
 }
 
 /*
@@ -82,7 +92,7 @@ __noinline int sonde_read_stack(struct sonde_stack_window *win, __u64 addr, __u6
 	/* stack slots are aligned; an odd one is read alone */
 	if ((addr & 7) || !sonde_window_holds(win, addr, sizeof(*out)))
 		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-	*out = *(__u64 *)&win->bytes[(addr - win->base) & (SONDE_STACK_WINDOW - 1)];
+	*out = win->words[sonde_window_word(win, addr)];
 	return 0;
 }
 
@@ -99,15 +109,15 @@ struct sonde_frame_record {
 static __always_inline int sonde_read_frame_record(struct sonde_stack_window *win, __u64 addr,
 						   struct sonde_frame_record *out)
 {
-	__u64 off;
+	__u64 i;
 
 	if (!win || !out)
 		return -1;
 	if ((addr & 7) || !sonde_window_holds(win, addr, sizeof(*out)))
 		return bpf_probe_read_user(out, sizeof(*out), (void *)addr) ? -1 : 0;
-	off = (addr - win->base) & (SONDE_STACK_WINDOW - 1);
-	out->bp = *(__u64 *)&win->bytes[off];
-	out->ra = *(__u64 *)&win->bytes[(off + 8) & (SONDE_STACK_WINDOW - 1)];
+	i = sonde_window_word(win, addr);
+	out->bp = win->words[i];
+	out->ra = win->words[(i + 1) & (SONDE_STACK_WINDOW_WORDS - 1)];
 	return 0;
 }
 
