@@ -179,48 +179,62 @@ struct sonde_fp_walk {
 	struct sonde_sample *s;
 	struct sonde_stack_window *win;
 	__u64 sp, bp;
-	__u32 k; /* index of the next frame in s->frames */
+	__u64 end; /* the index past the last the user stack may take */
+	/* Index of the next frame in s->frames. 32 bits: the verifier keeps
+	 * no value for a 4-byte stack slot, so every step starts from an
+	 * unknown k and the steps' states merge; a 64-bit k would be tracked
+	 * exactly and each step verified anew (the 1M instruction limit). */
+	__u32 k;
 	__u32 truncated;
 };
 
-/* One frame record: [rbp] is the caller's rbp, [rbp + 8] the return
- * address. The walk ends where rbp stops pointing up the stack (a record
- * may sit right where the last one ended: rbp == sp). 1 when it ends. */
-static __always_inline int sonde_fp_frame(struct sonde_fp_walk *w)
-{
-	struct sonde_frame_record rec;
-	__u64 k = w->k; /* 64 bits: checked and used in the same register */
-
-	if (w->bp < w->sp || (w->bp & 7))
-		return 1;
-	if (sonde_read_frame_record(w->win, w->bp, &rec) || !rec.ra)
-		return 1;
-	if (k - w->s->kstack_len >= SONDE_MAX_USTACK || k >= SONDE_MAX_FRAMES) {
-		w->truncated = 1;
-		return 1;
-	}
-	/* inline (k is unknown here at every step), indexed by the k just
-	 * checked, not by an offset the compiler worked out before the check */
-	barrier_var(k);
-	w->s->frames[k] = rec.ra;
-	w->k = (__u32)k + 1;
-	w->sp = w->bp + 16;
-	w->bp = rec.bp;
-	return 0;
-}
-
 #define SONDE_FP_FRAMES_PER_STEP 8
 
-/* SONDE_FP_FRAMES_PER_STEP frames per bpf_loop step: a step's call costs
- * about what a frame's read does (bench/bpf-cost --depths). */
+/*
+ * SONDE_FP_FRAMES_PER_STEP frame records per bpf_loop step (a step's call
+ * costs about what a frame does, bench/bpf-cost --depths); 1 when the walk
+ * ends. A record is [rbp]: the caller's rbp, then the return address. The
+ * walk ends where rbp stops pointing up the stack (a record may sit right
+ * where the last one ended: rbp == sp).
+ *
+ * The walk's state stays in locals for the step: through w, every store
+ * to s->frames would make the compiler reload all of it.
+ */
 static long sonde_fp_step(__u32 i, void *ctx)
 {
+	struct sonde_fp_walk *w = ctx;
+	struct sonde_sample *s = w->s;
+	struct sonde_stack_window *win = w->win;
+	__u64 sp = w->sp, bp = w->bp, k = w->k, end = w->end;
+	struct sonde_frame_record rec;
+	long done = 1;
 	int j;
 
-	for (j = 0; j < SONDE_FP_FRAMES_PER_STEP; j++)
-		if (sonde_fp_frame(ctx))
-			return 1;
-	return 0;
+	for (j = 0; j < SONDE_FP_FRAMES_PER_STEP; j++) {
+		if (bp < sp || (bp & 7))
+			goto out;
+		if (sonde_read_frame_record(win, bp, &rec) || !rec.ra)
+			goto out;
+		if (k >= end) {
+			w->truncated = 1;
+			goto out;
+		}
+		/* inline (k is unknown here at every step), indexed by the k
+		 * just checked, not by an offset worked out before the check */
+		barrier_var(k);
+		if (!s || k >= SONDE_MAX_FRAMES)
+			goto out;
+		s->frames[k] = rec.ra;
+		k++;
+		sp = bp + 16;
+		bp = rec.bp;
+	}
+	done = 0;
+out:
+	w->sp = sp;
+	w->bp = bp;
+	w->k = k;
+	return done;
 }
 
 /*
@@ -252,6 +266,9 @@ static __always_inline void sonde_walk_fp(struct bpf_perf_event_data *ctx, struc
 	if (!w.win || sonde_put_frame(s, k, regs.ip))
 		return;
 	w.k = k + 1;
+	w.end = s->kstack_len + SONDE_MAX_USTACK;
+	if (w.end > SONDE_MAX_FRAMES)
+		w.end = SONDE_MAX_FRAMES;
 	w.sp = regs.sp;
 	w.bp = regs.bp;
 	bpf_loop((SONDE_MAX_USTACK + SONDE_FP_FRAMES_PER_STEP - 1) / SONDE_FP_FRAMES_PER_STEP,
