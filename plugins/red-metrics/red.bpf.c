@@ -947,6 +947,78 @@ int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx)
 	return on_io_exit(ctx->ret, IO_FILE);
 }
 
+/* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the
+ * calls a sock tracepoint may fire in that on_io_exit() knows. */
+#define RED_NR_READ	0
+#define RED_NR_WRITE	1
+#define RED_NR_READV	19
+#define RED_NR_WRITEV	20
+#define RED_NR_SENDFILE 40
+#define RED_NR_SENDTO	44
+#define RED_NR_RECVFROM 45
+#define RED_NR_SENDMSG	46
+#define RED_NR_RECVMSG	47
+
+/* The op of the syscall the current task is in, for a socket receive (rx)
+ * or send; 0 for any other (io_uring's, splice's, the kernel's own). */
+static __always_inline __u32 io_op_of_syscall(int rx)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	switch (regs->orig_ax) {
+	case RED_NR_READ:
+		return rx ? IO_RX : 0;
+	case RED_NR_RECVFROM:
+		return rx ? IO_RXF : 0;
+	case RED_NR_READV:
+		return rx ? IO_RXV : 0;
+	case RED_NR_RECVMSG:
+		return rx ? IO_RXM : 0;
+	case RED_NR_WRITE:
+	case RED_NR_SENDTO:
+		return rx ? 0 : IO_TX;
+	case RED_NR_WRITEV:
+		return rx ? 0 : IO_TXV;
+	case RED_NR_SENDMSG:
+		return rx ? 0 : IO_TXM;
+	case RED_NR_SENDFILE:
+		return rx ? 0 : IO_FILE;
+	}
+	return 0;
+}
+
+/*
+ * The same exchanges from the sock tracepoints, where the kernel has them
+ * (6.18 does, 6.1 not; red.c picks one set of hooks or the other). They
+ * fire for sockets only, inside the syscall, and are typed (tp_btf: no
+ * perf trace buffer on the way), so a write to a file or a pipe costs
+ * nothing and a socket I/O a fraction of a syscall event's dispatch. The
+ * syscall's own arguments are read as at its exit. A sendfile may send in
+ * several steps, each counted as it goes. Calls made otherwise (io_uring,
+ * splice, the kernel's own) are not looked at, as with the syscall exits.
+ */
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sock_recv_length, struct sock *sk, int ret, int flags)
+{
+	__u32 op;
+
+	if (ret <= 0 || !watched(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	op = io_op_of_syscall(1);
+	return op ? on_io_exit(ret, op) : 0;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(sock_send_length, struct sock *sk, int ret, int flags)
+{
+	__u32 op;
+
+	if (ret <= 0 || !watched(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	op = io_op_of_syscall(0);
+	return op ? on_io_exit(ret, op) : 0;
+}
+
 #define RED_EBADF 9
 
 /* The close of a tracked connection ends what is in flight on it. Hooked

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <sonde/plugin.h>
 
@@ -43,6 +44,7 @@ struct red_settings {
 	int64_t series_ttl_s;
 	const char *watch;
 	const char *listen_ports;
+	const char *capture;
 };
 
 /* The self counters, in the order of struct sonde_red_agg_stats, then the
@@ -565,11 +567,64 @@ static int setup_thread_tags(struct red *r, const struct red_settings *s)
 	return 0;
 }
 
+/* Whether the running kernel has the tracepoint named name (its BTF
+ * declares btf_trace_NAME); -errno when its BTF cannot be read. */
+static int kernel_has_tracepoint(const char *name)
+{
+	char type[128];
+	struct btf *btf;
+	int id;
+
+	snprintf(type, sizeof(type), "btf_trace_%s", name);
+	btf = btf__load_vmlinux_btf();
+	if (!btf)
+		return -errno;
+	id = btf__find_by_name_kind(btf, type, BTF_KIND_TYPEDEF);
+	btf__free(btf);
+	return id > 0;
+}
+
+/*
+ * The hooks that see the I/O: the sock tracepoints where the kernel has
+ * both (typed, for sockets only) unless capture = "syscalls", else the
+ * syscall exits (Debian 12's 6.1 has no sock_send_length). Returns the
+ * hooks' name for the log, or NULL with err filled.
+ */
+static const char *choose_capture(struct red *r, const char *capture, char *err, size_t errlen)
+{
+	struct red_bpf *k = r->skel;
+	struct bpf_program *sys[] = {
+		k->progs.sys_exit_read,	   k->progs.sys_exit_recvfrom, k->progs.sys_exit_readv,
+		k->progs.sys_exit_recvmsg, k->progs.sys_exit_write,    k->progs.sys_exit_sendto,
+		k->progs.sys_exit_sendmsg, k->progs.sys_exit_writev,   k->progs.sys_exit_sendfile64,
+	};
+	int sock = 0, rc;
+	size_t i;
+
+	if (!strcmp(capture, "auto")) {
+		rc = kernel_has_tracepoint("sock_recv_length");
+		if (rc >= 0 && rc)
+			rc = kernel_has_tracepoint("sock_send_length");
+		if (rc < 0) {
+			snprintf(err, errlen, "cannot read the kernel's BTF: %s", strerror(-rc));
+			return NULL;
+		}
+		sock = rc;
+	}
+	bpf_program__set_autoload(k->progs.sock_recv_length, sock);
+	bpf_program__set_autoload(k->progs.sock_send_length, sock);
+	for (i = 0; i < sizeof(sys) / sizeof(sys[0]); i++)
+		bpf_program__set_autoload(sys[i], !sock);
+	return sock ? "the sock_recv_length/sock_send_length tracepoints"
+		    : "the syscall exits of read, write and the like";
+}
+
 static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 		      const void *settings, char *err, size_t errlen)
 {
 	const struct red_settings *s = settings;
 	struct sonde_red_agg_opts opts = {0};
+	const char *hooks;
 	struct red *r;
 	size_t i;
 	int rc;
@@ -588,6 +643,11 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 	}
 	if (s->series_ttl_s < 0 || s->series_ttl_s > 31536000) {
 		snprintf(err, errlen, "series_ttl_s must be 0 (never) .. 31536000 (a year)");
+		return NULL;
+	}
+	if (!s->capture || (strcmp(s->capture, "auto") && strcmp(s->capture, "syscalls"))) {
+		snprintf(err, errlen, "capture must be \"auto\" or \"syscalls\", not \"%.32s\"",
+			 s->capture ? s->capture : "");
 		return NULL;
 	}
 	if (!s->watch || (strcmp(s->watch, "script") && strcmp(s->watch, "listeners"))) {
@@ -650,6 +710,9 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 			 "(profile_labels = false goes without)", strerror(-rc));
 		goto fail;
 	}
+	hooks = choose_capture(r, s->capture, err, errlen);
+	if (!hooks)
+		goto fail;
 	r->skel->rodata->watch_listeners = (uint8_t)r->listeners;
 	r->skel->rodata->listen_any = (uint8_t)r->any_port;
 	r->skel->rodata->self_tgid = (uint32_t)getpid();
@@ -681,7 +744,7 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 	}
 	rc = red_bpf__attach(r->skel);
 	if (rc) {
-		snprintf(err, errlen, "cannot attach the syscall tracepoints: %s", strerror(-rc));
+		snprintf(err, errlen, "cannot attach the tracepoints: %s", strerror(-rc));
 		goto fail;
 	}
 	r->rb = ring_buffer__new(bpf_map__fd(r->skel->maps.red_events), on_record, r, NULL);
@@ -720,8 +783,8 @@ static void *red_init(const struct sonde_host_api *api, struct sonde_host *host,
 			 r->any_port ? "" : s->listen_ports, rc);
 	}
 	api->log(host, SONDE_PLUGIN_LOG_INFO,
-		 "watching HTTP/1.x servers, max %lld routes per service, %u route patterns, "
-		 "series TTL %lld s", (long long)s->max_routes, r->patterns.count,
+		 "watching HTTP/1.x servers through %s, max %lld routes per service, %u route "
+		 "patterns, series TTL %lld s", hooks, (long long)s->max_routes, r->patterns.count,
 		 (long long)s->series_ttl_s);
 	return r;
 fail:
@@ -792,6 +855,10 @@ static const struct sonde_plugin_setting red_settings_table[] = {
 	{SONDE_SETTING_STRING, "listen_ports", "", offsetof(struct red_settings, listen_ports),
 	 "with watch = \"listeners\": only those listening on these ports (space-separated); "
 	 "\"\": any"},
+	{SONDE_SETTING_STRING, "capture", "auto", offsetof(struct red_settings, capture),
+	 "\"auto\": socket I/O seen by the sock_recv_length/sock_send_length tracepoints "
+	 "where the kernel has them (6.18: cheaper, sockets only), else by the syscall "
+	 "exits; \"syscalls\": always the syscall exits"},
 	{SONDE_SETTING_END},
 };
 

@@ -44,6 +44,21 @@ wrk = require_tool("wrk")
 prometheus = require_tool("prometheus")
 
 source = os.environ["SONDE_SOURCE_DIR"]
+# the plugin's capture setting: "auto" (the sock tracepoints where the
+# kernel has them) or "syscalls" (the syscall exits, what 6.1 gets)
+capture = os.environ.get("SONDE_RED_CAPTURE", "auto")
+if capture not in ("auto", "syscalls"):
+    fail(f"SONDE_RED_CAPTURE must be auto or syscalls, not {capture!r}")
+
+
+def expected_hooks():
+    """What the plugin's log must say it watches through; asked once sonded
+    runs, which mounts tracefs where it is not."""
+    sock_hooks = any(os.path.exists(f"{t}/events/sock/sock_recv_length")
+                     for t in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"))
+    if capture == "auto" and sock_hooks:
+        return "the sock_recv_length/sock_send_length tracepoints"
+    return "the syscall exits of read, write and the like"
 plugin_dir = os.path.join(build_dir(), "plugins", "red-metrics")
 work = scratch_dir("sonde-red-")
 procs = []
@@ -184,7 +199,7 @@ http {{
     script = os.path.join(work, "red.lua")
     with open(script, "w") as f:
         f.write(f"""
-plugin "red-metrics" {{ required = true, window_s = 1 }}
+plugin "red-metrics" {{ required = true, window_s = 1, capture = "{capture}" }}
 on_process(function(p)
   local pids = {{ {lua_pids} }}
   if pids[p.pid] or p.comm == "nginx" then
@@ -208,6 +223,11 @@ end)
             if time.time() > deadline:
                 fail(f"the servers were not attached within 20 s: {attached}\n{d.output()}")
             time.sleep(0.2)
+        hooks = expected_hooks()
+        if f"watching HTTP/1.x servers through {hooks}," not in d.output():
+            fail(f"capture = {capture}: the log does not say it watches through {hooks}:\n"
+                 f"{d.output()}")
+        print(f"ok: capture = {capture}: watching through {hooks}")
 
         # Python: one keep-alive connection through http.client ...
         want_py = {("/ok", 200): 7, ("/missing", 404): 3, ("/fail", 500): 2, ("/slow", 200): 4,
@@ -526,7 +546,7 @@ scrape_configs:
         opts = "".join(f", {k} = {json.dumps(v)}" for k, v in settings.items())
         with open(path, "w") as f:
             f.write(f"""
-plugin "red-metrics" {{ required = true, watch = "listeners"{opts} }}
+plugin "red-metrics" {{ required = true, watch = "listeners", capture = "{capture}"{opts} }}
 on_process(function(p) return false end)
 """)
         return path
@@ -644,7 +664,8 @@ on_process(function(p) return false end)
     serve(port_f)
     hook_lua = os.path.join(work, "hook.lua")
     head = f"""
-plugin "red-metrics" {{ required = true, watch = "listeners", listen_ports = "{port_f}" }}
+plugin "red-metrics" {{ required = true, watch = "listeners", listen_ports = "{port_f}",
+                      capture = "{capture}" }}
 on_process(function(p) return false end)
 """
     with open(hook_lua, "w") as f:
