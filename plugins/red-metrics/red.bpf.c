@@ -997,26 +997,26 @@ static __always_inline __u32 io_op_of_syscall(int rx)
  * several steps, each counted as it goes. Calls made otherwise (io_uring,
  * splice, the kernel's own) are not looked at, as with the syscall exits.
  */
-SEC("tp_btf/sock_recv_length")
-int BPF_PROG(sock_recv_length, struct sock *sk, int ret, int flags)
+static __always_inline int on_sock_io(int ret, int rx)
 {
 	__u32 op;
 
 	if (ret <= 0 || !watched(bpf_get_current_pid_tgid() >> 32))
 		return 0;
-	op = io_op_of_syscall(1);
+	op = io_op_of_syscall(rx);
 	return op ? on_io_exit(ret, op) : 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sock_recv_length, struct sock *sk, int ret, int flags)
+{
+	return on_sock_io(ret, 1);
 }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(sock_send_length, struct sock *sk, int ret, int flags)
 {
-	__u32 op;
-
-	if (ret <= 0 || !watched(bpf_get_current_pid_tgid() >> 32))
-		return 0;
-	op = io_op_of_syscall(0);
-	return op ? on_io_exit(ret, op) : 0;
+	return on_sock_io(ret, 0);
 }
 
 #define RED_EBADF 9
