@@ -23,8 +23,8 @@ SEC("tracepoint/syscalls/sys_exit_accept")
 int sys_accept(void *ctx) { return 0; }
 SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_connect(void *ctx) { return 0; }
-SEC("tracepoint/syscalls/sys_exit_close")
-int sys_close(void *ctx) { return 0; }
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(tcp_state, const struct sock *sk, const int oldstate, const int newstate) { return 0; }
 
 /* capture "sock". */
 SEC("tp_btf/sock_recv_length")

@@ -61,6 +61,7 @@ struct conn_key {
 
 struct red_conn {
 	__u64 gen;
+	__u64 sk; /* the socket's address: its close is recognised by it */
 	__u64 start;
 	__u64 last;
 	__u64 resp_bytes;
@@ -90,6 +91,27 @@ struct {
 	__type(key, struct conn_key);
 	__type(value, struct red_conn);
 } conns SEC(".maps");
+
+/* The entry of each tracked socket, by the socket's address: a socket
+ * reset by its peer closes in a softirq, outside its process, where only
+ * the socket is known. LRU as conns; an entry is checked against the
+ * connection's own sk before use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct conn_key);
+} conn_of_sock SEC(".maps");
+
+/* Starts tracking the connection c on key: its entry, and its socket's. */
+static __always_inline int track(const struct conn_key *key, const struct red_conn *c,
+				 __u64 flags)
+{
+	if (bpf_map_update_elem(&conns, key, c, flags))
+		return -1;
+	bpf_map_update_elem(&conn_of_sock, &c->sk, key, BPF_ANY);
+	return 0;
+}
 
 /* A child a watched process forked (servers that fork per connection, like
  * busybox's httpd, which also moves the connection to fds 0 and 1). Its bit
@@ -511,16 +533,21 @@ static __always_inline int on_accept_exit(long ret)
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	struct conn_key key = {.tgid = tgid, .fd = (__u32)ret};
 	struct red_conn c = {};
+	struct sock *sk;
 
 	if (ret < 0)
 		return 0;
 	if (!watched(tgid) && !(watch_listeners && watch_listener(tgid, (__u32)ret)))
 		return 0;
+	sk = sock_of((__u32)ret);
+	if (!sk)
+		return 0;
+	c.sk = (__u64)sk;
+	c.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	c.gen = bpf_ktime_get_ns();
-	c.lport = local_port((__u32)ret);
 	c.state = RED_CONN_IDLE;
 	c.svc = svc_of(tgid);
-	bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+	track(&key, &c, BPF_ANY);
 	stat_inc(RED_STAT_CONNS);
 	return 0;
 }
@@ -575,11 +602,12 @@ int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 		return 0;
 	}
 	c.lport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	c.sk = (__u64)sk;
 	c.gen = bpf_ktime_get_ns();
 	c.state = RED_CONN_IDLE;
 	c.client = 1;
 	c.svc = svc_of(key.tgid);
-	bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+	track(&key, &c, BPF_ANY);
 	stat_inc(RED_STAT_CONNS);
 	return 0;
 }
@@ -648,6 +676,7 @@ static __always_inline struct red_conn *adopt(const struct conn_key *key, __u64 
 	struct child *ch;
 	struct resp_buf *rb;
 	struct red_conn *c;
+	struct sock *sk;
 	__u8 p[16] = {};
 	__u32 zero = 0;
 
@@ -660,14 +689,18 @@ static __always_inline struct red_conn *adopt(const struct conn_key *key, __u64 
 		return NULL;
 	c = (struct red_conn *)rb->b;
 	__builtin_memset(c, 0, __builtin_offsetof(struct red_conn, req));
-	c->lport = local_port(key->fd);
+	sk = sock_of(key->fd);
+	if (!sk)
+		return NULL;
+	c->sk = (__u64)sk;
+	c->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
 	if (!c->lport)
 		return NULL;
 	c->gen = bpf_ktime_get_ns();
 	c->state = RED_CONN_IDLE;
 	ch = child_of(key->tgid);
 	c->svc = ch ? ch->svc : key->tgid;
-	if (bpf_map_update_elem(&conns, key, c, BPF_NOEXIST))
+	if (track(key, c, BPF_NOEXIST))
 		return NULL;
 	if (ch)
 		ch->conn_fd = (__s32)key->fd;
@@ -959,13 +992,19 @@ int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx)
 #define RED_NR_SENDMSG	46
 #define RED_NR_RECVMSG	47
 
+/* The number of the syscall the current task is in. */
+static __always_inline __u64 current_syscall(void)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	return regs->orig_ax;
+}
+
 /* The op of the syscall the current task is in, for a socket receive (rx)
  * or send; 0 for any other (io_uring's, splice's, the kernel's own). */
 static __always_inline __u32 io_op_of_syscall(int rx)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-
-	switch (regs->orig_ax) {
+	switch (current_syscall()) {
 	case RED_NR_READ:
 		return rx ? IO_RX : 0;
 	case RED_NR_RECVFROM:
@@ -1019,27 +1058,46 @@ int BPF_PROG(sock_send_length, struct sock *sk, int ret, int flags)
 	return on_sock_io(ret, 0);
 }
 
-#define RED_EBADF 9
+#define RED_NR_CLOSE 3
 
-/* The close of a tracked connection ends what is in flight on it. Hooked
- * at the exit: one sys_enter hook would send every syscall of every
- * process through the kernel's syscall-entry tracing as well. By the exit
- * the fd is gone, whatever close returned but EBADF; should it be open
- * again (another thread got the number since), the entry is the new
- * file's and stays. */
-SEC("tracepoint/syscalls/sys_exit_close")
-int sys_exit_close(struct trace_event_raw_sys_exit *ctx)
+/* include/net/tcp_states.h */
+#define RED_TCP_FIN_WAIT1 4
+#define RED_TCP_CLOSE	  7
+#define RED_TCP_LAST_ACK  9
+
+/*
+ * The close of a tracked connection ends what is in flight on it. When
+ * close() lets go of a TCP socket's last reference, tcp_close() moves it
+ * to FIN_WAIT1 (or LAST_ACK after the peer's FIN, or CLOSE with data left
+ * unread), within that syscall; a socket the peer resets goes to CLOSE in
+ * a softirq, and its close() stores no state again. Both end the
+ * connection, found by the socket's address (conn_of_sock), its entry
+ * checked to name this socket (the fd number may have gone to another
+ * connection since). FIN_WAIT1 and LAST_ACK count only within close():
+ * after shutdown() a process may still read. Watching state changes
+ * rather than close()'s exit, a close of anything but a TCP socket runs no
+ * program (nginx closes the file it sent after every request). A socket
+ * still open elsewhere (a forked child's copy, a dup) closes when its last
+ * reference goes, or the entry leaves with its process or the fd's reuse.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(red_tcp_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
-	struct pt_regs *regs;
+	__u64 addr = (__u64)sk;
+	struct conn_key *k, key;
 	struct red_conn *c;
 
-	if (ctx->ret == -RED_EBADF || !watched(key.tgid))
+	if (newstate != RED_TCP_CLOSE &&
+	    ((newstate != RED_TCP_FIN_WAIT1 && newstate != RED_TCP_LAST_ACK) ||
+	     current_syscall() != RED_NR_CLOSE))
 		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(regs);
+	k = bpf_map_lookup_elem(&conn_of_sock, &addr);
+	if (!k)
+		return 0;
+	key = *k;
+	bpf_map_delete_elem(&conn_of_sock, &addr);
 	c = bpf_map_lookup_elem(&conns, &key);
-	if (!c || file_of(key.fd))
+	if (!c || c->sk != addr)
 		return 0;
 	flush(c, &key);
 	bpf_map_delete_elem(&conns, &key);

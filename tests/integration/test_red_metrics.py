@@ -417,6 +417,18 @@ end)
                 s.sendall(get("/hangup", "127.0.0.1"))
                 if s.recv(1024) != b"":
                     fail("the server answered /hangup")
+        # ... and one whose client resets the connection after its request,
+        # by exiting with SO_LINGER 0: the server's socket closes in the
+        # client's exit, before the server's close(), which stores no state.
+        subprocess.run([
+            "/usr/bin/python3", "-c",
+            "import os, socket, struct, sys, time\n"
+            "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+            "s.sendall(sys.argv[2].encode())\n"
+            "time.sleep(0.2)\n"
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n"
+            "os._exit(0)\n",
+            str(msg_port), get("/reset", "127.0.0.1").decode()], check=True, timeout=30)
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", msg_port), timeout=30) as s:
                 s.sendall(get("/until-close", "127.0.0.1"))
@@ -434,19 +446,19 @@ end)
                             service_name="python3", http_route="/until-close",
                             http_response_status_code=200, server_port=msg_port)
             aborted = d.metric("sonde_plugin_red_metrics_aborted_total")
-            if (closed, aborted) == (2, 3) or time.time() > deadline:
+            if (closed, aborted) == (2, 4) or time.time() > deadline:
                 break
             time.sleep(0.2)
         size = sample(mc, "http_server_response_body_size_bytes_sum", service_name="python3",
                       http_route="/until-close", server_port=msg_port)
-        if closed != 2 or aborted != 3 or size != 2 * body_len or \
+        if closed != 2 or aborted != 4 or size != 2 * body_len or \
                 d.metric("sonde_plugin_red_metrics_forced_close_total") != 2 or \
-                sample(mc, "http_server_request_duration_seconds_count",
-                       http_route="/hangup") is not None:
+                any(sample(mc, "http_server_request_duration_seconds_count",
+                           http_route=r) is not None for r in ("/hangup", "/reset")):
             fail(f"closes: /until-close {closed} of 2 ({size} body bytes, wanted "
-                 f"{2 * body_len}), aborted {aborted} of 3, or a /hangup series")
-        print("ok: 3 requests hung up on counted as aborted and in no series, "
-              "2 answers ended by the close counted whole")
+                 f"{2 * body_len}), aborted {aborted} of 4, or a /hangup or /reset series")
+        print("ok: 3 requests hung up on and 1 reset by its client counted as aborted and "
+              "in no series, 2 answers ended by the close counted whole")
         print(f"ok: python3 {sum(want_py.values())} and nginx {sum(want_ng.values())} "
               f"requests (wrk {wrk_count}) counted exactly")
 
