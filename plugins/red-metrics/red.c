@@ -567,21 +567,14 @@ static int setup_thread_tags(struct red *r, const struct red_settings *s)
 	return 0;
 }
 
-/* Whether the running kernel has the tracepoint named name (its BTF
- * declares btf_trace_NAME); -errno when its BTF cannot be read. */
-static int kernel_has_tracepoint(const char *name)
+/* Whether the kernel whose BTF is btf has the tracepoint named name (it
+ * declares btf_trace_NAME). */
+static int has_tracepoint(const struct btf *btf, const char *name)
 {
 	char type[128];
-	struct btf *btf;
-	int id;
 
 	snprintf(type, sizeof(type), "btf_trace_%s", name);
-	btf = btf__load_vmlinux_btf();
-	if (!btf)
-		return -errno;
-	id = btf__find_by_name_kind(btf, type, BTF_KIND_TYPEDEF);
-	btf__free(btf);
-	return id > 0;
+	return btf__find_by_name_kind(btf, type, BTF_KIND_TYPEDEF) > 0;
 }
 
 /*
@@ -598,18 +591,19 @@ static const char *choose_capture(struct red *r, const char *capture, char *err,
 		k->progs.sys_exit_recvmsg, k->progs.sys_exit_write,    k->progs.sys_exit_sendto,
 		k->progs.sys_exit_sendmsg, k->progs.sys_exit_writev,   k->progs.sys_exit_sendfile64,
 	};
-	int sock = 0, rc;
+	struct btf *btf;
+	int sock = 0;
 	size_t i;
 
 	if (!strcmp(capture, "auto")) {
-		rc = kernel_has_tracepoint("sock_recv_length");
-		if (rc >= 0 && rc)
-			rc = kernel_has_tracepoint("sock_send_length");
-		if (rc < 0) {
-			snprintf(err, errlen, "cannot read the kernel's BTF: %s", strerror(-rc));
+		btf = btf__load_vmlinux_btf();
+		if (!btf) {
+			snprintf(err, errlen, "cannot read the kernel's BTF: %s", strerror(errno));
 			return NULL;
 		}
-		sock = rc;
+		sock = has_tracepoint(btf, "sock_recv_length") &&
+		       has_tracepoint(btf, "sock_send_length");
+		btf__free(btf);
 	}
 	bpf_program__set_autoload(k->progs.sock_recv_length, sock);
 	bpf_program__set_autoload(k->progs.sock_send_length, sock);

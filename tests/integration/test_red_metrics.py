@@ -521,20 +521,24 @@ scrape_configs:
             fail(f"Prometheus returned {result} for {query}")
         print("ok: Prometheus scraped the series and returns /fail = 3")
 
-    # A bad route pattern stops sonded's start, with one line naming it.
-    bad = os.path.join(work, "bad.lua")
-    with open(bad, "w") as f:
-        f.write('plugin "red-metrics" { required = true, routes = "/ok /users/{id" }\n')
-    sock = scratch_dir("sonde-bad-")
-    r = subprocess.run([os.path.join(build_dir(), "core", "sonded"), "--script", bad,
-                        "--plugin-dir", plugin_dir, "--http", f"127.0.0.1:{free_port()}",
-                        "--export", f"ipc://{sock}/e.ipc", "--control", f"ipc://{sock}/c.ipc"],
-                       capture_output=True, text=True, timeout=60)
-    if r.returncode == 0 or \
-            "routes: bad pattern '/users/{id': unbalanced braces" not in r.stderr:
-        fail(f"sonded with routes = \"/ok /users/{{id\" exited {r.returncode}: {r.stderr}")
-    print("ok: a bad route pattern stops the start:",
-          next(ln for ln in r.stderr.splitlines() if "bad pattern" in ln))
+    # A bad setting stops sonded's start, with one line naming it.
+    def bad_start(settings, want):
+        bad = os.path.join(work, "bad.lua")
+        with open(bad, "w") as f:
+            f.write(f'plugin "red-metrics" {{ required = true, {settings} }}\n')
+        sock = scratch_dir("sonde-bad-")
+        r = subprocess.run([os.path.join(build_dir(), "core", "sonded"), "--script", bad,
+                            "--plugin-dir", plugin_dir, "--http", f"127.0.0.1:{free_port()}",
+                            "--export", f"ipc://{sock}/e.ipc", "--control",
+                            f"ipc://{sock}/c.ipc"],
+                           capture_output=True, text=True, timeout=60)
+        if r.returncode == 0 or want not in r.stderr:
+            fail(f"sonded with {settings} exited {r.returncode}: {r.stderr}")
+        print(f"ok: {settings} stops the start:",
+              next(ln for ln in r.stderr.splitlines() if want in ln))
+
+    bad_start('routes = "/ok /users/{id"', "routes: bad pattern '/users/{id': unbalanced braces")
+    bad_start('capture = "kprobes"', 'capture must be "auto" or "syscalls", not "kprobes"')
 
     # watch = "listeners": the script chooses no process at all.
     server_py = os.path.join(source, "tests/fixtures/red/server.py")
