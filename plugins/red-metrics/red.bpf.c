@@ -368,6 +368,13 @@ static __always_inline void flush(struct red_conn *c, const struct conn_key *key
 #define RED_S_IFMT   00170000
 #define RED_S_IFSOCK 0140000
 
+/* The user registers the current task's syscall entry saved, BTF-typed:
+ * its arguments and number are plain loads (no probe read each). */
+static __always_inline struct pt_regs *current_regs(void)
+{
+	return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+
 /* The file open at fd in the current task's file table; NULL none. */
 static __always_inline struct file *file_of(__u32 fd)
 {
@@ -579,8 +586,7 @@ int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
 
 	if ((ctx->ret && ctx->ret != -RED_EINPROGRESS) || !watched(key.tgid))
 		return 0;
-	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(
-		(struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()));
+	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(current_regs());
 	sk = sock_of(key.fd);
 	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
@@ -814,26 +820,22 @@ static __always_inline int first_buf(__u32 op, __u64 *data, __u64 *avail)
 	return 0;
 }
 
-/* Every hooked syscall has the fd first and, but sendfile, the buffer
- * second: the exit hook reads them from the registers the syscall entry
- * saved (untouched until the return to user space), so there is no enter
- * hook and nothing to keep between the two. */
-static __always_inline int on_io_exit(long ret, __u32 op)
+/* ret bytes moved by op, in watched process tgid. Every hooked syscall
+ * has the fd first and, but sendfile, the buffer second: they are read
+ * from the registers regs the syscall entry saved (untouched until the
+ * return to user space), so there is no enter hook and nothing to keep
+ * between the two. */
+static __always_inline int on_io(long ret, __u32 op, __u32 tgid, struct pt_regs *regs)
 {
-	struct conn_key key = {.tgid = bpf_get_current_pid_tgid() >> 32};
+	struct conn_key key = {.tgid = tgid};
 	__u64 data = 0, avail = ret, now, over;
 	const struct req_bytes *h;
 	int rx, have_data, i;
 	struct pipe_head *ph;
 	struct red_conn *c;
-	struct pt_regs *regs;
 	__u8 p[16] = {};
 	__u32 len;
 
-	if (ret <= 0 || !watched(key.tgid))
-		return 0;
-	regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	/* loads from the BTF-typed regs: no probe read per argument */
 	key.fd = (__u32)PT_REGS_PARM1_SYSCALL(regs);
 	if (op != IO_FILE)
 		data = PT_REGS_PARM2_SYSCALL(regs);
@@ -926,6 +928,16 @@ static __always_inline int on_io_exit(long ret, __u32 op)
 	return 0;
 }
 
+/* A syscall exit of op that moved ret bytes. */
+static __always_inline int on_io_exit(long ret, __u32 op)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	if (ret <= 0 || !watched(tgid))
+		return 0;
+	return on_io(ret, op, tgid, current_regs());
+}
+
 SEC("tracepoint/syscalls/sys_exit_read")
 int sys_exit_read(struct trace_event_raw_sys_exit *ctx)
 {
@@ -981,7 +993,7 @@ int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx)
 }
 
 /* x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the
- * calls a sock tracepoint may fire in that on_io_exit() knows. */
+ * calls a sock tracepoint may fire in that on_io() knows. */
 #define RED_NR_READ	0
 #define RED_NR_WRITE	1
 #define RED_NR_READV	19
@@ -992,19 +1004,11 @@ int sys_exit_sendfile64(struct trace_event_raw_sys_exit *ctx)
 #define RED_NR_SENDMSG	46
 #define RED_NR_RECVMSG	47
 
-/* The number of the syscall the current task is in. */
-static __always_inline __u64 current_syscall(void)
+/* The op of syscall nr for a socket receive (rx) or send; 0 for any other
+ * (io_uring's, splice's, the kernel's own). */
+static __always_inline __u32 io_op_of_syscall(__u64 nr, int rx)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-
-	return regs->orig_ax;
-}
-
-/* The op of the syscall the current task is in, for a socket receive (rx)
- * or send; 0 for any other (io_uring's, splice's, the kernel's own). */
-static __always_inline __u32 io_op_of_syscall(int rx)
-{
-	switch (current_syscall()) {
+	switch (nr) {
 	case RED_NR_READ:
 		return rx ? IO_RX : 0;
 	case RED_NR_RECVFROM:
@@ -1038,12 +1042,14 @@ static __always_inline __u32 io_op_of_syscall(int rx)
  */
 static __always_inline int on_sock_io(int ret, int rx)
 {
-	__u32 op;
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32, op;
+	struct pt_regs *regs;
 
-	if (ret <= 0 || !watched(bpf_get_current_pid_tgid() >> 32))
+	if (ret <= 0 || !watched(tgid))
 		return 0;
-	op = io_op_of_syscall(rx);
-	return op ? on_io_exit(ret, op) : 0;
+	regs = current_regs();
+	op = io_op_of_syscall(regs->orig_ax, rx);
+	return op ? on_io(ret, op, tgid, regs) : 0;
 }
 
 SEC("tp_btf/sock_recv_length")
@@ -1089,7 +1095,7 @@ int BPF_PROG(red_tcp_state, const struct sock *sk, const int oldstate, const int
 
 	if (newstate != RED_TCP_CLOSE &&
 	    ((newstate != RED_TCP_FIN_WAIT1 && newstate != RED_TCP_LAST_ACK) ||
-	     current_syscall() != RED_NR_CLOSE))
+	     current_regs()->orig_ax != RED_NR_CLOSE))
 		return 0;
 	k = bpf_map_lookup_elem(&conn_of_sock, &addr);
 	if (!k)
