@@ -59,6 +59,8 @@ def expected_hooks():
     if capture == "auto" and sock_hooks:
         return "the sock_recv_length/sock_send_length tracepoints"
     return "the syscall exits of read, write and the like"
+
+
 plugin_dir = os.path.join(build_dir(), "plugins", "red-metrics")
 work = scratch_dir("sonde-red-")
 procs = []
